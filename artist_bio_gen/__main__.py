@@ -1,0 +1,7 @@
+"""``python -m artist_bio_gen``."""
+
+import sys
+
+from .cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Calling the OpenAI Responses API."""

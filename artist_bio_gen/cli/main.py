@@ -1,0 +1,411 @@
+"""The command line: parse, build the frozen config, call the core, map errors to exit codes.
+
+Nothing below this module sees argparse. Every ``ArtistBioGenError`` becomes one sentence on
+stderr and its exit code; a traceback is printed only with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from .. import exit_codes
+from ..config import DEFAULT_OUTPUT, Config, load_environment, resolve_config
+from ..core.dryrun import dry_run
+from ..core.paths import JobPaths
+from ..core.processor import RunControl
+from ..core.runner import RunResult, run_job
+from ..errors import ArtistBioGenError
+from ..models import ProcessingStats
+from ..utils.logging import setup_logging
+from .progress import Progress
+from .verify import run_verify
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES = """\
+examples:
+  # start a job (bios go to PostgreSQL at DATABASE_URL and to out.jsonl)
+  artist-bio-gen --input artists.csv --prompt-id pmpt_123 --max-workers 16
+
+  # continue the job of out.jsonl after a crash, a kill or from cron
+  artist-bio-gen --resume
+
+  # no stored prompt: a model and the built-in instructions (or --instructions-file)
+  artist-bio-gen --input artists.csv --model gpt-4.1-mini --output bios.jsonl
+
+  # look at the first requests without an API key or a database
+  artist-bio-gen --input artists.csv --model gpt-4.1-mini --dry-run
+
+  # check that bios.jsonl mirrors the database, and repair what can be repaired
+  artist-bio-gen verify --output bios.jsonl --repair
+
+exit codes: 0 done, 1 input file missing/unreadable, 2 bad path or options,
+3 configuration (key, prompt, database, table), 4 some artists failed (retried by --resume),
+5 stopped early (quota, database gone, disk full: fix, then --resume), 6 JSONL and database
+disagree (see verify), 10 unexpected error, 75 another run holds the job, 130 interrupted.
+"""
+
+
+def create_argument_parser() -> argparse.ArgumentParser:
+    """The parser for a run (``verify`` has its own, see ``cli/verify.py``)."""
+    parser = argparse.ArgumentParser(
+        prog="artist-bio-gen",
+        description=(
+            "Generate artist biographies with the OpenAI Responses API, commit each to "
+            "PostgreSQL and append it to a JSONL file as soon as it is committed. "
+            "Settings come from the command line, then the environment, then .env.local "
+            "and .env."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_job_arguments(parser)
+    _add_api_arguments(parser)
+    _add_database_arguments(parser)
+    _add_run_arguments(parser)
+    _add_quota_arguments(parser)
+    return parser
+
+
+def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("job")
+    group.add_argument(
+        "--input",
+        "--input-file",
+        dest="input",
+        metavar="PATH",
+        help="CSV of artist_id,artist_name[,artist_data] (optional with --resume)",
+    )
+    group.add_argument(
+        "--output",
+        metavar="PATH",
+        help=f"JSONL output; its job files live beside it (default {DEFAULT_OUTPUT})",
+    )
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the job of --output: skip done artists, repair the JSONL",
+    )
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new job even though --output exists "
+        "(the old files are moved aside, never deleted)",
+    )
+    group.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read the input and print the first requests; no API key or database needed",
+    )
+    group.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+
+
+def _add_api_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("API")
+    group.add_argument("--prompt-id", metavar="ID", help="stored prompt id (env OPENAI_PROMPT_ID)")
+    group.add_argument(
+        "--prompt-version",
+        "--version",
+        dest="prompt_version",
+        metavar="V",
+        help="stored prompt version (env OPENAI_PROMPT_VERSION)",
+    )
+    group.add_argument(
+        "--model",
+        metavar="NAME",
+        help="model; without --prompt-id the built-in instructions are used (env OPENAI_MODEL)",
+    )
+    group.add_argument(
+        "--instructions-file",
+        metavar="PATH",
+        help="instructions for --model requests instead of the built-in ones",
+    )
+    group.add_argument(
+        "--openai-api-key",
+        metavar="KEY",
+        help="API key (env OPENAI_API_KEY; prefer the environment)",
+    )
+    group.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="OpenAI-compatible endpoint, e.g. a vLLM or LiteLLM server (env OPENAI_BASE_URL)",
+    )
+    group.add_argument(
+        "--request-timeout",
+        type=float,
+        metavar="S",
+        help="seconds per API request (env OPENAI_TIMEOUT; default 120)",
+    )
+    group.add_argument(
+        "--max-retries",
+        type=int,
+        metavar="N",
+        help="SDK retries per request on 429/5xx/timeouts (env OPENAI_MAX_RETRIES; default 3)",
+    )
+
+
+def _add_database_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("database")
+    group.add_argument("--db-url", metavar="URL", help="postgresql:// URL (env DATABASE_URL)")
+    group.add_argument(
+        "--enable-db",
+        action="store_true",
+        help="require the database (kept for compatibility: it is on whenever a URL is set)",
+    )
+    group.add_argument("--no-db", action="store_true", help="write the JSONL only")
+    group.add_argument("--test-mode", action="store_true", help="write to table test_artists")
+    group.add_argument(
+        "--db-table", metavar="NAME", help="table to update (env DB_TABLE; default artists)"
+    )
+    group.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep bios already in the table (no API call for those artists)",
+    )
+    group.add_argument(
+        "--db-pool-size",
+        type=int,
+        metavar="N",
+        help="database connections (env DB_POOL_SIZE; default min(workers, 10))",
+    )
+    group.add_argument(
+        "--db-retry-seconds",
+        type=float,
+        metavar="S",
+        help="how long to keep retrying while the database is unreachable (default 60)",
+    )
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument(
+        "--max-workers",
+        type=int,
+        metavar="N",
+        help="concurrent artists (env MAX_WORKERS; default 4)",
+    )
+    group.add_argument(
+        "--fsync-interval",
+        type=float,
+        metavar="S",
+        help="0: fsync every JSONL line (default); S>0: group fsync every S seconds "
+        "(faster on slow disks; see README) (env JSONL_FSYNC_INTERVAL)",
+    )
+    group.add_argument(
+        "--shutdown-grace",
+        type=float,
+        metavar="S",
+        help="on SIGINT/SIGTERM, seconds to let in-flight artists finish (default 30)",
+    )
+    group.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="failed attempts per artist across runs before it is given up (default 3)",
+    )
+    group.add_argument("--retry-failed", action="store_true", help="retry given-up artists too")
+    group.add_argument(
+        "--transaction-log",
+        metavar="PATH",
+        help="structured log of every commit and failure "
+        "(default <output stem>.transactions.jsonl)",
+    )
+
+
+def _add_quota_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("quota (legacy flags, accepted and validated)")
+    group.add_argument(
+        "--quota-monitoring",
+        type=_bool_arg,
+        metavar="true|false",
+        help="watch rate-limit headers (env QUOTA_MONITORING)",
+    )
+    group.add_argument(
+        "--quota-threshold",
+        type=float,
+        metavar="F",
+        help="usage fraction 0.1-1.0 (env QUOTA_THRESHOLD)",
+    )
+    group.add_argument(
+        "--daily-limit", type=int, metavar="N", help="requests per day (env DAILY_REQUEST_LIMIT)"
+    )
+    group.add_argument(
+        "--pause-duration",
+        type=float,
+        metavar="H",
+        help="hours to pause at the limit, 1-72 (env PAUSE_DURATION_HOURS)",
+    )
+    group.add_argument(
+        "--quota-log-interval",
+        type=int,
+        metavar="N",
+        help="log quota metrics every N requests (env QUOTA_LOG_INTERVAL)",
+    )
+
+
+def _bool_arg(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"true", "1", "yes", "on"}:
+        return True
+    if lowered in {"false", "0", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``artist-bio-gen``; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # Logging first, so that even an option error is reported the same way (and scrubbed).
+    setup_logging("--verbose" in args_list, secrets=_secret_arguments(args_list))
+    if args_list[:1] == ["verify"]:
+        return _guarded(lambda: run_verify(args_list[1:]), "--verbose" in args_list)
+    args = create_argument_parser().parse_args(args_list)
+    return _guarded(lambda: _run(args), args.verbose)
+
+
+def _secret_arguments(args: list[str]) -> list[str]:
+    """Values of the options that carry secrets, so the log filter can scrub them."""
+    secrets = []
+    for index, arg in enumerate(args):
+        for flag in ("--openai-api-key", "--db-url"):
+            if arg == flag and index + 1 < len(args):
+                secrets.append(args[index + 1])
+            elif arg.startswith(flag + "="):
+                secrets.append(arg.split("=", 1)[1])
+    return secrets
+
+
+def _guarded(action: Callable[[], int], verbose: bool) -> int:
+    """Run ``action``; turn errors into one line on stderr and an exit code."""
+    try:
+        return action()
+    except ArtistBioGenError as exc:
+        _report(f"error: {exc}", verbose)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _report("interrupted", verbose)
+        return exit_codes.EXIT_INTERRUPTED
+    except Exception as exc:  # the edge: anything unexpected becomes exit 10
+        _report(
+            f"unexpected error: {type(exc).__name__}: {exc} (run with --verbose for details)",
+            verbose,
+        )
+        return exit_codes.EXIT_UNEXPECTED_ERROR
+
+
+def _report(message: str, verbose: bool) -> None:
+    if verbose:
+        logger.error("%s", traceback.format_exc().rstrip())
+    logger.error("%s", message)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = resolve_config(args, load_environment())
+    setup_logging(config.verbose, secrets=config.secrets)
+    if config.dry_run:
+        dry_run(config, sys.stdout)
+        return exit_codes.EXIT_SUCCESS
+    control = RunControl()
+    progress = Progress()
+    with _SignalHandlers(control, config.shutdown_grace):
+        try:
+            result = run_job(
+                config, control, on_outcome=progress.on_outcome, on_start=progress.start
+            )
+        finally:
+            progress.close()
+    _print_summary(config, result)
+    code = exit_code_for(result)
+    if result.abandoned:
+        # Workers are stuck in calls that outlived the grace period; do not wait for them.
+        _flush_and_exit(code)
+    return code
+
+
+def exit_code_for(result: RunResult) -> int:
+    """The process exit code for a finished run."""
+    if result.error is not None:
+        return result.error.exit_code
+    if result.interrupted:
+        return exit_codes.EXIT_INTERRUPTED
+    if result.stats.failed:
+        return exit_codes.EXIT_API_FAILURES
+    return exit_codes.EXIT_SUCCESS
+
+
+def _print_summary(config: Config, result: RunResult) -> None:
+    for line in summary_lines(config, result):
+        logger.info("%s", line)
+
+
+def summary_lines(config: Config, result: RunResult) -> list[str]:
+    """The final summary, one line per figure."""
+    s: ProcessingStats = result.stats
+    failures = f" (details in {JobPaths(config.output_path).failures})"
+    lines = [
+        f"Summary: job {result.job_id} -> {config.output_path}",
+        f"  artists read      {s.artists_read:,} (already done {s.already_done:,}, "
+        f"bad input lines {s.bad_lines:,}, duplicate ids {s.duplicate_lines:,})",
+        f"  committed         {s.committed:,}",
+        f"  skipped           {s.skipped:,}",
+        f"  failed            {s.failed:,}{failures if s.failed else ''}",
+        f"  not started       {s.not_started + result.abandoned:,}",
+        f"  elapsed           {s.elapsed_seconds:.1f} s ({s.rate:.1f} artists/s)",
+        f"  tokens            input {s.tokens.input_tokens:,}, output {s.tokens.output_tokens:,}, "
+        f"total {s.tokens.total_tokens:,}",
+    ]
+    if result.interrupted:
+        lines.append("  interrupted: run again with --resume to continue")
+    return lines
+
+
+class _SignalHandlers:
+    """First SIGINT/SIGTERM: stop gracefully. Second: exit at once (no torn line)."""
+
+    def __init__(self, control: RunControl, grace: float):
+        self._control = control
+        self._grace = grace
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _SignalHandlers:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if not self._control.interrupted:
+            self._control.interrupt()
+            logger.warning(
+                "%s received: no new artists; waiting up to %.0f s for those in flight "
+                "(send it again to stop at once)",
+                name,
+                self._grace,
+            )
+            return
+        logger.warning("%s received again: stopping now; run again with --resume", name)
+        self._control.run_emergency_hooks()
+        _flush_and_exit(exit_codes.EXIT_INTERRUPTED)
+
+
+def _flush_and_exit(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

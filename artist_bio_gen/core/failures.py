@@ -1,0 +1,67 @@
+"""The failures file: one JSON line per failed attempt, beside the output.
+
+The main JSONL holds committed bios only; a failed artist is recorded here instead, with a
+stable ``code`` and a human ``reason``, so that it can be inspected, counted and retried
+(``--resume`` retries it, up to ``--max-attempts`` attempts across runs). Lines are appended
+through the same whole-line, fsynced path as the output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from .output import JsonlWriter, iter_records
+
+logger = logging.getLogger(__name__)
+
+
+class FailureLog:
+    """Appends failure records for one job; opened lazily so a clean run leaves no file."""
+
+    def __init__(self, path: Path, job_id: str):
+        self.path = path
+        self._job_id = job_id
+        self._writer: JsonlWriter | None = None
+        self._open_lock = threading.Lock()
+
+    def record(
+        self, artist_id: str, artist_name: str, code: str, reason: str, attempt: int
+    ) -> None:
+        """Append one failed attempt."""
+        line = {
+            "artist_id": artist_id,
+            "artist_name": artist_name,
+            "code": code,
+            "reason": reason,
+            "attempt": attempt,
+            "job_id": self._job_id,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self._open().append_line((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def _open(self) -> JsonlWriter:
+        with self._open_lock:
+            if self._writer is None:
+                self._writer = JsonlWriter(self.path)
+            return self._writer
+
+    def close(self) -> None:
+        """Close the file if it was opened."""
+        if self._writer is not None:
+            self._writer.close()
+
+
+def count_attempts(path: Path, job_id: str) -> Counter[str]:
+    """Failed attempts per artist id recorded for ``job_id`` (empty when there is no file)."""
+    counts: Counter[str] = Counter()
+    if not path.exists():
+        return counts
+    for record in iter_records(path):
+        if record.get("job_id") == job_id and "artist_id" in record:
+            counts[str(record["artist_id"])] += 1
+    return counts

@@ -1,0 +1,399 @@
+"""Running the artists: a bounded window of worker threads, one artist per task.
+
+Each worker does, in this order: (optionally) check the existing bio, call the API, commit
+the bio and its ledger row in one transaction, append the JSONL line rendered from what was
+committed. The main thread only feeds the window and collects ``Outcome`` objects, so memory
+stays flat: at most ``2 x workers`` artists are submitted at once and no response outlives
+its worker.
+
+Failure handling:
+
+* one artist's failure is an ``Outcome`` (recorded in the failures file), never an exception;
+* a *systemic* failure (bad key, unknown prompt, no quota, database gone for good, disk full)
+  stops the run: nothing new is submitted and queued artists return ``not_started`` without
+  calling the API;
+* the first artist runs alone (a canary), so a bad key or prompt costs one request, not one
+  per worker;
+* a streak of identical failures (``failure_streak_limit``) is treated as systemic too.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import openai
+import psycopg
+
+from ..api.client import ApiCallError, Generated, call_openai_api
+from ..api.request import PromptSettings
+from ..database.connection import first_line
+from ..database.store import BioRow, BioStore
+from ..errors import (
+    ArtistBioGenError,
+    ConfigError,
+    DatabaseUnavailableError,
+    OutputWriteError,
+    QuotaExhaustedError,
+    RunAbortedError,
+)
+from ..models import ApiResponse, ArtistData, Outcome, TokenUsage
+from ..utils.logging import TransactionLog
+from .failures import FailureLog
+from .output import JsonlWriter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Everything a worker needs; shared read-only by all worker threads."""
+
+    job_id: str
+    settings: PromptSettings
+    client: openai.OpenAI | None
+    store: BioStore | None
+    writer: JsonlWriter
+    failures: FailureLog
+    txlog: TransactionLog
+    skip_existing: bool = False
+    api_key: str | None = field(default=None, repr=False)
+    #: Failed attempts already recorded per artist in earlier runs (for the attempt number).
+    previous_attempts: dict[str, int] = field(default_factory=dict)
+
+
+class RunControl:
+    """Stop flags shared by the main thread, the workers and the signal handlers."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.error: ArtistBioGenError | None = None
+        self.interrupted = False
+        self._emergency_hooks: list[Callable[[], None]] = []
+
+    def on_emergency(self, hook: Callable[[], None]) -> None:
+        """Register something to do before an immediate exit (e.g. freeze the writer)."""
+        self._emergency_hooks.append(hook)
+
+    def run_emergency_hooks(self) -> None:
+        """Run the hooks (each one at most ~5 s); the caller exits right after."""
+        for hook in self._emergency_hooks:
+            try:
+                hook()
+            except Exception:  # exiting anyway: a failing hook must not block it
+                logger.debug("emergency hook failed", exc_info=True)
+
+    @property
+    def stopping(self) -> bool:
+        """True once nothing new may start."""
+        return self._stop.is_set()
+
+    def abort(self, error: ArtistBioGenError) -> None:
+        """Stop the run because of a systemic error (the first one is kept)."""
+        with self._lock:
+            if self.error is None:
+                self.error = error
+                logger.error("%s", error)
+        self._stop.set()
+
+    def interrupt(self) -> None:
+        """Stop the run because a signal asked for it."""
+        self.interrupted = True
+        self._stop.set()
+
+
+def process_artist(pipeline: Pipeline, control: RunControl, artist: ArtistData) -> Outcome:
+    """Run one artist through API, commit and append; never raises for the artist's faults."""
+    if control.stopping:
+        return Outcome(artist.artist_id, artist.name, "not_started")
+    started = time.monotonic()
+    try:
+        outcome = _run_steps(pipeline, control, artist)
+    except Exception as exc:
+        # A bug or an unforeseen library error must cost this artist, not the run.
+        logger.error(
+            "unexpected error for artist %s: %s: %s", artist.artist_id, type(exc).__name__, exc
+        )
+        logger.debug("traceback", exc_info=True)
+        outcome = _failed(artist, "internal_error", f"{type(exc).__name__}: {exc}")
+    outcome = _with_duration(outcome, time.monotonic() - started)
+    attempt = pipeline.previous_attempts.get(artist.artist_id, 0) + 1
+    if outcome.status == "failed" and outcome.code not in _SYSTEMIC_CODES:
+        pipeline.failures.record(
+            artist.artist_id, artist.name, outcome.code or "", outcome.reason or "", attempt
+        )
+    pipeline.txlog.outcome(outcome, attempt)
+    return outcome
+
+
+def _with_duration(outcome: Outcome, seconds: float) -> Outcome:
+    return Outcome(**{**_fields(outcome), "duration": seconds})
+
+
+def _fields(outcome: Outcome) -> dict:
+    return {name: getattr(outcome, name) for name in outcome.__slots__}
+
+
+_SYSTEMIC_CODES = frozenset(
+    {"auth", "forbidden", "not_found", "insufficient_quota", "db_unavailable"}
+)
+
+
+def _run_steps(pipeline: Pipeline, control: RunControl, artist: ArtistData) -> Outcome:
+    if pipeline.skip_existing and pipeline.store is not None:
+        skipped = _skip_if_has_bio(pipeline.store, artist)
+        if skipped is not None:
+            return skipped
+    try:
+        generated = call_openai_api(pipeline.client, artist, pipeline.settings, pipeline.api_key)  # type: ignore[arg-type]
+    except ApiCallError as exc:
+        if exc.systemic:
+            control.abort(_systemic_error(exc))
+        return _failed(artist, exc.code, exc.message)
+    return _commit_and_append(pipeline, control, artist, generated)
+
+
+def _skip_if_has_bio(store: BioStore, artist: ArtistData) -> Outcome | None:
+    has_bio = store.has_bio(artist.artist_id)
+    if has_bio is None:
+        return Outcome(
+            artist.artist_id, artist.name, "skipped", "no_row", "no row with this id in the table"
+        )
+    if has_bio:
+        return Outcome(
+            artist.artist_id, artist.name, "skipped", "has_bio", "the artist already has a bio"
+        )
+    return None
+
+
+def _systemic_error(exc: ApiCallError) -> ArtistBioGenError:
+    return QuotaExhaustedError(exc.message) if exc.systemic == "quota" else ConfigError(exc.message)
+
+
+def _failed(artist: ArtistData, code: str, reason: str) -> Outcome:
+    return Outcome(artist.artist_id, artist.name, "failed", code, reason)
+
+
+def _commit_and_append(
+    pipeline: Pipeline, control: RunControl, artist: ArtistData, generated: Generated
+) -> Outcome:
+    try:
+        response = _commit(pipeline, generated)
+    except DatabaseUnavailableError as exc:
+        control.abort(exc)
+        return _failed(artist, "db_unavailable", str(exc))
+    except psycopg.Error as exc:
+        # The server refused this bio (e.g. a NUL byte, a constraint): this artist only.
+        return _failed(artist, "db_rejected", first_line(exc))
+    outcome = Outcome(
+        artist.artist_id,
+        artist.name,
+        "committed",
+        response_id=response.response_id,
+        db_status=response.db_status,
+        tokens=generated.tokens,
+    )
+    try:
+        pipeline.writer.append(
+            response, pipeline.settings.prompt_id, pipeline.settings.prompt_version
+        )
+    except OutputWriteError as exc:
+        # Committed but not appended: the next start renders the line from the database.
+        control.abort(exc)
+    return outcome
+
+
+def _commit(pipeline: Pipeline, generated: Generated) -> ApiResponse:
+    """Commit when a database is configured; returns what the JSONL line is rendered from."""
+    if pipeline.store is None:
+        return generated.response
+    settings = pipeline.settings
+    response = generated.response
+    row = pipeline.store.commit(
+        BioRow(
+            job_id=pipeline.job_id,
+            artist_id=response.artist_id,
+            artist_name=response.artist_name,
+            artist_data=response.artist_data,
+            response_id=response.response_id,
+            response_text=response.response_text,
+            created=response.created,
+            prompt_id=settings.prompt_id,
+            prompt_version=settings.prompt_version,
+            model=settings.model,
+            tokens=generated.tokens,
+        ),
+        keep_existing=pipeline.skip_existing,
+    )
+    return row.as_response()
+
+
+@dataclass
+class Tally:
+    """Counts kept by the main thread as outcomes arrive."""
+
+    committed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    not_started: int = 0
+    tokens: TokenUsage = TokenUsage()
+    streak_code: str | None = None
+    streak: int = 0
+    #: Artists still in flight when the run returned (the shutdown grace ran out).
+    abandoned: int = 0
+
+    def add(self, outcome: Outcome) -> None:
+        """Count one outcome."""
+        if outcome.status == "committed":
+            self.committed += 1
+        elif outcome.status == "skipped":
+            self.skipped += 1
+        elif outcome.status == "failed":
+            self.failed += 1
+        else:
+            self.not_started += 1
+        self.tokens = self.tokens + outcome.tokens
+        self._track_streak(outcome)
+
+    def _track_streak(self, outcome: Outcome) -> None:
+        if outcome.status != "failed":
+            if outcome.status != "not_started":
+                self.streak_code, self.streak = None, 0
+            return
+        if outcome.code == self.streak_code:
+            self.streak += 1
+        else:
+            self.streak_code, self.streak = outcome.code, 1
+
+    @property
+    def finished(self) -> int:
+        """Artists that got a final outcome (not counting ``not_started``)."""
+        return self.committed + self.skipped + self.failed
+
+
+OutcomeCallback = Callable[[Outcome, Tally], None]
+
+
+@dataclass
+class _Window:
+    """Submitted-but-unfinished artists; completions arrive through a queue (O(1) each)."""
+
+    executor: ThreadPoolExecutor
+    done: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    in_flight: int = 0
+
+    def submit(self, fn: Callable[..., Outcome], *args: object) -> None:
+        future = self.executor.submit(fn, *args)
+        future.add_done_callback(self.done.put)
+        self.in_flight += 1
+
+    def next_outcome(self, timeout: float) -> Outcome | None:
+        """The next finished outcome, or None after ``timeout`` (so signals get a look in)."""
+        try:
+            future: Future = self.done.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        self.in_flight -= 1
+        return future.result()
+
+
+def process_artists_concurrent(
+    artists: Iterable[ArtistData],
+    pipeline: Pipeline,
+    control: RunControl,
+    *,
+    max_workers: int = 4,
+    on_outcome: OutcomeCallback | None = None,
+    shutdown_grace: float = 30.0,
+    failure_streak_limit: int | None = None,
+) -> Tally:
+    """Process ``artists`` with ``max_workers`` threads; returns the tally.
+
+    Returns early when ``control`` stops (systemic error or signal); in-flight artists get
+    up to ``shutdown_grace`` seconds to finish after a signal. Artists still running after
+    that are left to the caller (``Tally`` does not count them).
+    """
+    tally = Tally()
+    streak_limit = failure_streak_limit or max(25, 2 * max_workers)
+    executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="artist")
+    window = _Window(executor)
+    feeder = _Feeder(window, pipeline, control, tally, on_outcome, streak_limit)
+    try:
+        feeder.feed(artists, window_size=2 * max_workers)
+        feeder.drain(shutdown_grace)
+    except BaseException:
+        # Something broke in the main thread (e.g. the input became unreadable): let the
+        # workers see the stop flag and finish before the caller closes what they use.
+        control.interrupt()
+        feeder.drain(shutdown_grace)
+        raise
+    finally:
+        tally.abandoned = window.in_flight
+        # Queued tasks see control.stopping and return at once; running ones are not waited
+        # for here when the grace period ran out.
+        executor.shutdown(wait=window.in_flight == 0, cancel_futures=True)
+    return tally
+
+
+@dataclass
+class _Feeder:
+    window: _Window
+    pipeline: Pipeline
+    control: RunControl
+    tally: Tally
+    on_outcome: OutcomeCallback | None
+    streak_limit: int
+    canary_done: bool = False
+
+    def feed(self, artists: Iterable[ArtistData], window_size: int) -> None:
+        for artist in artists:
+            # The canary: until one outcome shows the key, prompt and quota work, only one
+            # artist is in flight.
+            limit = window_size if self.canary_done else 1
+            while self.window.in_flight >= limit and not self.control.stopping:
+                self._collect(timeout=0.25)
+                limit = window_size if self.canary_done else 1
+            if self.control.stopping:
+                return
+            self.window.submit(process_artist, self.pipeline, self.control, artist)
+
+    def drain(self, grace: float) -> None:
+        deadline: float | None = None
+        while self.window.in_flight > 0:
+            if self.control.interrupted and deadline is None:
+                deadline = time.monotonic() + grace
+                logger.warning(
+                    "stopping: waiting up to %.0f s for %d artists in flight",
+                    grace,
+                    self.window.in_flight,
+                )
+            if deadline is not None and time.monotonic() >= deadline:
+                logger.warning(
+                    "grace period over; %d artists still in flight", self.window.in_flight
+                )
+                return
+            self._collect(timeout=0.25)
+
+    def _collect(self, timeout: float) -> None:
+        outcome = self.window.next_outcome(timeout)
+        if outcome is None:
+            return
+        self.tally.add(outcome)
+        if outcome.status != "not_started" and outcome.code not in _SYSTEMIC_CODES:
+            self.canary_done = True
+        if self.tally.streak >= self.streak_limit and not self.control.stopping:
+            self.control.abort(
+                RunAbortedError(
+                    f"{self.tally.streak} artists in a row failed with '{self.tally.streak_code}' "
+                    f"(last: {outcome.reason}); stopping instead of failing every artist. Fix "
+                    "the cause, then run again with --resume."
+                )
+            )
+        if self.on_outcome is not None:
+            self.on_outcome(outcome, self.tally)

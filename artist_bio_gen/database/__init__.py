@@ -1,0 +1,1 @@
+"""PostgreSQL: the connection pool, the user's table and the ledger."""

@@ -1,0 +1,118 @@
+"""Database URLs and the connection pool.
+
+Passwords never leave this module in text form: ``describe_database`` names only user, host,
+port and database, and ``redact`` scrubs a password out of any driver message before it is
+logged or shown.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+
+from ..errors import ConfigError
+from ..models import DatabaseConfig
+
+logger = logging.getLogger(__name__)
+
+_SCHEMES = ("postgresql://", "postgres://")
+
+
+def validate_database_url(url: str | None) -> bool:
+    """Whether ``url`` is a usable ``postgresql://`` URL (legacy name and signature)."""
+    if not url or not url.startswith(_SCHEMES):
+        return False
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return False
+    return True
+
+
+def require_database_url(url: str | None) -> str:
+    """Return ``url`` or raise ``ConfigError`` explaining the expected form."""
+    if not url:
+        raise ConfigError(
+            "No database URL is configured; set DATABASE_URL or pass --db-url "
+            "(or --no-db to write the JSONL only)."
+        )
+    if not validate_database_url(url):
+        raise ConfigError(
+            "The database URL is not valid; it should look like "
+            "postgresql://user:password@host:5432/dbname."
+        )
+    return url
+
+
+def describe_database(url: str) -> str:
+    """``user@host:port/dbname`` for logs and messages, never the password."""
+    params = conninfo_to_dict(url)
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    user = params.get("user")
+    where = f"{host}:{port}/{params.get('dbname') or user or ''}"
+    return f"{user}@{where}" if user else where
+
+
+def redact(text: str, url: str | None) -> str:
+    """``text`` with the URL's password (and the URL itself) replaced by ``***``."""
+    if not url:
+        return text
+    text = text.replace(url, describe_database(url))
+    password = conninfo_to_dict(url).get("password")
+    return text.replace(str(password), "***") if password else text
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a driver error (psycopg adds multi-line detail and context)."""
+    message = str(exc).strip() or type(exc).__name__
+    return message.splitlines()[0]
+
+
+def create_db_connection_pool(config: DatabaseConfig) -> ConnectionPool:
+    """Open a pool that checks each connection before handing it out.
+
+    The check (a trivial round trip) means a database restart costs a reconnect, not an
+    artist. Connections are autocommit: every write is one statement, hence one transaction.
+    Raises ``ConfigError`` when no connection can be made within ``connect_timeout``.
+    """
+    pool = ConnectionPool(
+        config.url,
+        min_size=1,
+        max_size=max(1, config.pool_size),
+        kwargs={"autocommit": True, "connect_timeout": max(1, int(config.connect_timeout))},
+        check=ConnectionPool.check_connection,
+        timeout=config.connect_timeout,
+        name="artist-bio-gen",
+        open=False,
+    )
+    try:
+        pool.open(wait=True, timeout=config.connect_timeout)
+    except Exception as exc:
+        pool.close(timeout=0)
+        reason = redact(_connect_failure_reason(config), config.url)
+        raise ConfigError(
+            f"Cannot connect to PostgreSQL at {describe_database(config.url)} ({reason}); "
+            "check DATABASE_URL or --db-url and that the server is running."
+        ) from exc
+    return pool
+
+
+def _connect_failure_reason(config: DatabaseConfig) -> str:
+    # The pool only reports a timeout; one direct attempt gives the real reason (refused,
+    # bad password, unknown database) for the message.
+    try:
+        psycopg.connect(config.url, connect_timeout=max(1, int(config.connect_timeout))).close()
+    except psycopg.Error as exc:
+        return _short_reason(first_line(exc))
+    return "timed out"
+
+
+def _short_reason(message: str) -> str:
+    # libpq prefixes 'connection to server at "h" (ip), port p failed: '; the part after the
+    # last 'failed: ' is what the user needs.
+    marker = "failed: "
+    return message.rsplit(marker, 1)[-1] if marker in message else message

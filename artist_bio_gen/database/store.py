@@ -1,0 +1,368 @@
+"""Committing bios: the user's table and the ledger in one statement, safe to retry.
+
+One SQL statement updates ``bio`` (and ``updated_at``) and inserts the ledger row; on an
+autocommit connection a statement is its own transaction, so both happen or neither does, in
+one round trip. The update is guarded by "no ledger row yet for this job and artist", which
+makes the statement idempotent: when a connection drops during COMMIT (outcome unknown), the
+retry first looks the row up and, if it is there, takes the committed values instead of
+writing again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from ..errors import DatabaseUnavailableError
+from ..models import ApiResponse, DatabaseConfig, DatabaseResult, TokenUsage
+from ..utils.uuidset import UuidSet
+from .connection import describe_database, first_line, redact
+from .schema import LEDGER_TABLE, TargetTable, parse_table_name
+
+logger = logging.getLogger(__name__)
+
+#: Errors after which the connection's state is unknown and the write must be re-checked.
+CONNECTION_ERRORS = (psycopg.OperationalError, PoolTimeout)
+
+_LEDGER_COLUMNS = (
+    "artist_id, artist_name, artist_data, response_id, response_text, "
+    "created, db_status, input_tokens, output_tokens, total_tokens, seq"
+)
+
+
+@dataclass(frozen=True)
+class BioRow:
+    """A bio ready to commit (what the API returned for one artist)."""
+
+    job_id: str
+    artist_id: str
+    artist_name: str
+    artist_data: str | None
+    response_id: str
+    response_text: str
+    created: int
+    prompt_id: str | None
+    prompt_version: str | None
+    model: str | None
+    tokens: TokenUsage
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """A committed ledger row: everything needed to render its JSONL line."""
+
+    artist_id: str
+    artist_name: str
+    artist_data: str | None
+    response_id: str
+    response_text: str
+    created: int
+    db_status: str
+    tokens: TokenUsage
+    seq: int
+
+    def as_response(self) -> ApiResponse:
+        """The row as the record the JSONL line is rendered from."""
+        return ApiResponse(
+            artist_id=self.artist_id,
+            artist_name=self.artist_name,
+            artist_data=self.artist_data,
+            response_text=self.response_text,
+            response_id=self.response_id,
+            created=self.created,
+            db_status=self.db_status,
+        )
+
+
+def _ledger_row(values: tuple) -> LedgerRow:
+    artist_id, name, data, response_id, text, created, status, tin, tout, ttotal, seq = values
+    return LedgerRow(
+        artist_id=str(artist_id),
+        artist_name=name,
+        artist_data=data,
+        response_id=response_id,
+        response_text=text,
+        created=int(created),
+        db_status=status,
+        tokens=TokenUsage(tin or 0, tout or 0, ttotal or 0),
+        seq=int(seq),
+    )
+
+
+class BioStore:
+    """Writes and reads bios through a pool; thread-safe (the pool is)."""
+
+    def __init__(
+        self, pool: ConnectionPool, config: DatabaseConfig, table: TargetTable | None = None
+    ):
+        """``table`` is needed to commit; reading the ledger (verify) works without it."""
+        self._pool = pool
+        self._config = config
+        self._where = describe_database(config.url)
+        self._last_error = "no error recorded"
+        # Composed once: building the statement per commit would cost CPU on the hot path.
+        self._statements = _Statements(table) if table is not None else None
+
+    def _sql(self) -> _Statements:
+        if self._statements is None:
+            raise RuntimeError("this BioStore was opened without a target table")
+        return self._statements
+
+    def commit(self, row: BioRow, *, keep_existing: bool = False) -> LedgerRow:
+        """Commit ``row``; returns the ledger row as committed (possibly by an earlier try).
+
+        Retries while the database is unreachable for up to ``retry_seconds``, then raises
+        ``DatabaseUnavailableError``. Other database errors propagate (they concern this
+        artist only, e.g. a bio the server rejects).
+        """
+        statements = self._sql()
+        statement = statements.commit_keep if keep_existing else statements.commit
+        params = _commit_params(row)
+        uncertain = False
+        for _ in self._retrying("commit"):
+            try:
+                with self._pool.connection() as conn:
+                    if uncertain and (done := self._fetch(conn, row.job_id, row.artist_id)):
+                        return done
+                    uncertain = True  # from here on a dropped connection leaves it unknown
+                    values = conn.execute(statement, params).fetchone()
+                    if values is None:  # the guard saw an earlier commit of this artist
+                        return self._fetch(conn, row.job_id, row.artist_id)  # type: ignore[return-value]
+                    return _ledger_row(values)
+            except PoolClosed:
+                raise  # the run is shutting down; retrying cannot help
+            except CONNECTION_ERRORS as exc:
+                self._note_connection_error("commit", exc)
+        raise AssertionError("unreachable")  # _retrying raises when the budget is spent
+
+    def has_bio(self, artist_id: str) -> bool | None:
+        """True/False whether the user's row has a bio; None when there is no such row."""
+        for _ in self._retrying("bio lookup"):
+            try:
+                with self._pool.connection() as conn:
+                    found = conn.execute(self._sql().has_bio, (artist_id,)).fetchone()
+                    return None if found is None else bool(found[0])
+            except PoolClosed:
+                raise
+            except CONNECTION_ERRORS as exc:
+                self._note_connection_error("bio lookup", exc)
+        raise AssertionError("unreachable")
+
+    def _fetch(self, conn: psycopg.Connection, job_id: str, artist_id: str) -> LedgerRow | None:
+        values = conn.execute(
+            f"SELECT {_LEDGER_COLUMNS} FROM {LEDGER_TABLE} WHERE job_id = %s AND artist_id = %s",
+            (job_id, artist_id),
+        ).fetchone()
+        return None if values is None else _ledger_row(values)
+
+    def iter_job_rows(self, job_id: str, after_seq: int = 0) -> Iterator[LedgerRow]:
+        """Committed rows of a job in commit order, streamed with a server-side cursor."""
+        with self._pool.connection() as conn, conn.transaction():
+            cursor = conn.cursor(name="ledger_rows")
+            cursor.execute(
+                f"SELECT {_LEDGER_COLUMNS} FROM {LEDGER_TABLE} "
+                "WHERE job_id = %s AND seq > %s ORDER BY seq",
+                (job_id, after_seq),
+            )
+            for values in cursor:
+                yield _ledger_row(values)
+
+    def wait_for_job_commits(self, job_id: str) -> None:
+        """Return once no commit of this job is running anywhere.
+
+        Every commit holds the job's advisory lock in shared mode for its whole statement;
+        taking it exclusively waits out commits a killed process left running on the
+        server, so every row with a lower sequence number is visible afterwards.
+        """
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = '120s'")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (job_lock_key(job_id),))
+
+    def done_ids(self, job_id: str) -> UuidSet:
+        """Ids of the artists committed by a job, in a compact set.
+
+        Streams the ids with a binary COPY (16 raw bytes each) instead of building a Python
+        object per row, so a million done artists load in about a second.
+        """
+        done = UuidSet()
+        query = (
+            f"COPY (SELECT artist_id FROM {LEDGER_TABLE} WHERE job_id = %s) "
+            "TO STDOUT (FORMAT BINARY)"
+        )
+        with (
+            self._pool.connection() as conn,
+            conn.cursor() as cur,
+            cur.copy(query, (job_id,)) as copy,
+        ):
+            _read_binary_uuids(copy, done)
+        return done
+
+    def count_job_rows(self, job_id: str) -> int:
+        """How many artists a job has committed."""
+        with self._pool.connection() as conn:
+            return conn.execute(
+                f"SELECT count(*) FROM {LEDGER_TABLE} WHERE job_id = %s", (job_id,)
+            ).fetchone()[0]
+
+    def missing_from_ledger(self, job_id: str, artist_ids: list[str]) -> list[str]:
+        """Those of ``artist_ids`` that have no ledger row for the job."""
+        if not artist_ids:
+            return []
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT artist_id::text FROM {LEDGER_TABLE} "
+                "WHERE job_id = %s AND artist_id = ANY(%s::uuid[])",
+                (job_id, artist_ids),
+            ).fetchall()
+        present = {row[0] for row in rows}
+        return [artist_id for artist_id in artist_ids if artist_id not in present]
+
+    def _retrying(self, what: str) -> Iterator[int]:
+        """Yield attempt numbers with backoff until the retry budget is spent."""
+        deadline = time.monotonic() + self._config.retry_seconds
+        attempt = 0
+        while True:
+            yield attempt
+            attempt += 1
+            if time.monotonic() >= deadline:
+                raise DatabaseUnavailableError(
+                    f"The database at {self._where} did not answer for "
+                    f"{self._config.retry_seconds:.0f} s ({self._last_error}); the job is "
+                    "saved: run again with --resume once the database is back."
+                )
+            time.sleep(min(0.2 * 2**attempt, 5.0))
+
+    def _note_connection_error(self, what: str, exc: BaseException) -> None:
+        self._last_error = redact(first_line(exc), self._config.url)
+        logger.warning("database %s failed (%s); retrying", what, self._last_error)
+
+
+_COPY_HEADER = 19  # signature (11) + flags (4) + header extension length (4)
+_COPY_ROW = 2 + 4 + 16  # field count, field length, the uuid's 16 bytes
+
+
+def _read_binary_uuids(copy: psycopg.Copy, into: UuidSet) -> None:
+    """Parse a binary COPY of one uuid column into ``into``."""
+    buffer = bytearray()
+    header_done = False
+    for chunk in copy:
+        buffer += chunk
+        if not header_done:
+            if len(buffer) < _COPY_HEADER:
+                continue
+            del buffer[:_COPY_HEADER]
+            header_done = True
+        usable = len(buffer) - len(buffer) % _COPY_ROW
+        view = bytes(buffer[:usable])
+        del buffer[:usable]
+        for start in range(0, usable, _COPY_ROW):
+            if view[start : start + 2] == b"\xff\xff":  # the trailer
+                return
+            into.add(view[start + 6 : start + _COPY_ROW])
+
+
+class _Statements:
+    """The SQL for one target table."""
+
+    def __init__(self, table: TargetTable):
+        self.commit = _commit_statement(table, skip_existing=False)
+        self.commit_keep = _commit_statement(table, skip_existing=True)
+        self.has_bio = sql.SQL("SELECT bio IS NOT NULL AND bio <> '' FROM {} WHERE id = %s").format(
+            table.identifier
+        )
+
+
+def _commit_statement(table: TargetTable, *, skip_existing: bool) -> sql.Composed:
+    updated_at = sql.SQL(", updated_at = now()") if table.has_updated_at else sql.SQL("")
+    keep = sql.SQL(" AND (bio IS NULL OR bio = '')") if skip_existing else sql.SQL("")
+    return sql.SQL(
+        """
+        WITH guard AS (SELECT pg_advisory_xact_lock_shared(%(job_key)s) AS held),
+        upd AS (
+            UPDATE {table} SET bio = %(text)s{updated_at}
+            WHERE id = %(artist_id)s{keep}
+              AND NOT EXISTS (
+                  SELECT 1 FROM {ledger} WHERE job_id = %(job_id)s AND artist_id = %(artist_id)s
+              )
+            RETURNING 1
+        )
+        INSERT INTO {ledger} (
+            job_id, artist_id, artist_name, artist_data, response_id, response_text,
+            prompt_id, prompt_version, model, created, db_status,
+            input_tokens, output_tokens, total_tokens
+        )
+        SELECT %(job_id)s, %(artist_id)s, %(name)s, %(data)s, %(response_id)s, %(text)s,
+               %(prompt_id)s, %(prompt_version)s, %(model)s, %(created)s,
+               CASE WHEN EXISTS (SELECT 1 FROM upd) THEN 'updated' ELSE 'skipped' END,
+               %(tin)s, %(tout)s, %(ttotal)s
+        FROM guard
+        ON CONFLICT (job_id, artist_id) DO NOTHING
+        RETURNING {columns}
+        """
+    ).format(
+        table=table.identifier,
+        ledger=sql.Identifier(LEDGER_TABLE),
+        updated_at=updated_at,
+        keep=keep,
+        columns=sql.SQL(_LEDGER_COLUMNS),
+    )
+
+
+def _commit_params(row: BioRow) -> dict[str, object]:
+    return {
+        "job_key": job_lock_key(row.job_id),
+        "job_id": row.job_id,
+        "artist_id": row.artist_id,
+        "name": row.artist_name,
+        "data": row.artist_data,
+        "response_id": row.response_id,
+        "text": row.response_text,
+        "prompt_id": row.prompt_id,
+        "prompt_version": row.prompt_version,
+        "model": row.model,
+        "created": row.created,
+        "tin": row.tokens.input_tokens,
+        "tout": row.tokens.output_tokens,
+        "ttotal": row.tokens.total_tokens,
+    }
+
+
+def update_artist_bio(
+    connection: psycopg.Connection,
+    artist_id: str,
+    bio: str,
+    table: str = "artists",
+    skip_existing: bool = False,
+) -> DatabaseResult:
+    """Set one artist's bio outside any job (legacy name and signature; no ledger row).
+
+    The tool itself commits through ``BioStore.commit`` so that the JSONL can be rebuilt;
+    this helper is kept for scripts that used the legacy function.
+    """
+    keep = sql.SQL(" AND bio IS NULL") if skip_existing else sql.SQL("")
+    statement = sql.SQL("UPDATE {} SET bio = %s WHERE id = %s{}").format(
+        parse_table_name(table), keep
+    )
+    try:
+        with connection.transaction():
+            rows = connection.execute(statement, (bio, artist_id)).rowcount
+    except psycopg.Error as exc:
+        return DatabaseResult(False, 0, first_line(exc))
+    return DatabaseResult(True, rows)
+
+
+def job_lock_key(job_id: str) -> int:
+    """The advisory-lock key of a job: commits hold it shared, reconciliation exclusive."""
+    return int.from_bytes(uuid.UUID(job_id).bytes[:8], "big", signed=True)
+
+
+def new_job_id() -> str:
+    """A fresh job id."""
+    return str(uuid.uuid4())

@@ -1,0 +1,65 @@
+"""Named exceptions raised by the core; the CLI maps each to one message and an exit code."""
+
+from __future__ import annotations
+
+from . import exit_codes
+
+
+class ArtistBioGenError(Exception):
+    """Base class: a user-facing failure whose message says what is wrong and what to do."""
+
+    exit_code = exit_codes.EXIT_UNEXPECTED_ERROR
+
+
+class InputFileError(ArtistBioGenError):
+    """The input CSV is missing or unreadable."""
+
+    exit_code = exit_codes.EXIT_INPUT_FILE_ERROR
+
+
+class UsageError(ArtistBioGenError):
+    """A bad path or a contradictory combination of options."""
+
+    exit_code = exit_codes.EXIT_INPUT_ERROR
+
+
+class ConfigError(ArtistBioGenError):
+    """Configuration is missing or wrong (key, prompt, database URL, table, column)."""
+
+    exit_code = exit_codes.EXIT_CONFIG_ERROR
+
+
+class DatabaseUnavailableError(ArtistBioGenError):
+    """The database stopped answering mid-run for longer than the retry budget."""
+
+    exit_code = exit_codes.EXIT_RUN_ABORTED
+
+
+class OutputWriteError(ArtistBioGenError):
+    """A JSONL line could not be written whole (disk full, file too large, I/O error)."""
+
+    exit_code = exit_codes.EXIT_RUN_ABORTED
+
+
+class QuotaExhaustedError(ArtistBioGenError):
+    """The API account has no quota left; retrying tonight would fail the same way."""
+
+    exit_code = exit_codes.EXIT_RUN_ABORTED
+
+
+class OutOfSyncError(ArtistBioGenError):
+    """The JSONL holds lines that the database ledger does not."""
+
+    exit_code = exit_codes.EXIT_OUT_OF_SYNC
+
+
+class LockedError(ArtistBioGenError):
+    """Another run holds this job's lock."""
+
+    exit_code = exit_codes.EXIT_LOCKED
+
+
+class RunAbortedError(ArtistBioGenError):
+    """The run stopped early because artists kept failing the same way."""
+
+    exit_code = exit_codes.EXIT_RUN_ABORTED

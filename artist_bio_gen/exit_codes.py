@@ -1,0 +1,24 @@
+"""Process exit codes: the legacy ones keep their meaning, new ones are added after them.
+
+An operator's cron wrapper branches on these, so they are a contract (pinned by
+``tests/test_contracts.py``).
+"""
+
+EXIT_SUCCESS = 0
+#: The input file is missing or unreadable.
+EXIT_INPUT_FILE_ERROR = 1
+#: A bad path or a bad combination of flags (argparse usage errors use 2 too).
+EXIT_INPUT_ERROR = 2
+#: Configuration is wrong: API key, prompt, database URL, table or column.
+EXIT_CONFIG_ERROR = 3
+#: The run finished but some artists failed; they are listed in the failures file.
+EXIT_API_FAILURES = 4
+#: The run stopped early because something outside the tool broke (quota exhausted,
+#: database gone, disk full); fix it and run ``--resume``.
+EXIT_RUN_ABORTED = 5
+#: The JSONL holds lines the database does not: a human has to look (see ``verify``).
+EXIT_OUT_OF_SYNC = 6
+EXIT_UNEXPECTED_ERROR = 10
+#: Another run holds this job's lock (EX_TEMPFAIL: try again later).
+EXIT_LOCKED = 75
+EXIT_INTERRUPTED = 130

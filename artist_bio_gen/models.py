@@ -1,0 +1,117 @@
+"""Plain immutable records shared by the modules (the legacy public names are kept here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+#: The placeholder sent as ``artist_data`` when an artist has none (legacy contract).
+NO_ARTIST_DATA = "No additional data provided"
+
+
+class ArtistData(NamedTuple):
+    """One artist read from the input CSV; ``artist_id`` is a canonical lower-case UUID."""
+
+    artist_id: str
+    name: str
+    data: str | None = None
+
+
+class ParseResult(NamedTuple):
+    """Legacy whole-file parse result (``parse_input_file``); the core streams instead."""
+
+    artists: list[ArtistData]
+    skipped_lines: int
+    error_lines: int
+
+
+class ApiResponse(NamedTuple):
+    """One generated bio, as rendered into a JSONL line (legacy field names and order)."""
+
+    artist_id: str
+    artist_name: str
+    artist_data: str | None
+    response_text: str
+    response_id: str
+    created: int
+    db_status: str | None = None
+    error: str | None = None
+
+
+class TokenUsage(NamedTuple):
+    """Token counts reported by the API for one response."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: object) -> TokenUsage:  # type: ignore[override]
+        # NamedTuple's + concatenates; adding usages should sum them.
+        if not isinstance(other, TokenUsage):
+            return NotImplemented
+        return TokenUsage(*(a + b for a, b in zip(self, other, strict=True)))
+
+
+class ProcessingStats(NamedTuple):
+    """Final tally of one run (what the summary prints)."""
+
+    artists_read: int
+    committed: int
+    skipped: int
+    failed: int
+    already_done: int
+    bad_lines: int
+    duplicate_lines: int
+    not_started: int
+    elapsed_seconds: float
+    tokens: TokenUsage
+
+    @property
+    def rate(self) -> float:
+        """Artists committed per second of wall time."""
+        return self.committed / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+
+class DatabaseConfig(NamedTuple):
+    """Where and how bios are written."""
+
+    url: str
+    table: str = "artists"
+    pool_size: int = 10
+    connect_timeout: float = 10.0
+    #: How long a worker keeps retrying a commit while the database is unreachable.
+    retry_seconds: float = 60.0
+
+    def __repr__(self) -> str:
+        # The URL carries the password; a config printed in a traceback must not.
+        return f"DatabaseConfig(url='***', table={self.table!r}, pool_size={self.pool_size})"
+
+
+class DatabaseResult(NamedTuple):
+    """Outcome of one database write (legacy ``update_artist_bio`` result)."""
+
+    success: bool
+    rows_affected: int
+    error: str | None = None
+
+
+OutcomeStatus = Literal["committed", "skipped", "failed", "not_started"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one worker did with one artist; the tally, exit code and retries derive from it.
+
+    ``code`` is a stable machine-readable reason for failures (``api_bad_request``,
+    ``empty_response`` ...), ``reason`` the human message.
+    """
+
+    artist_id: str
+    artist_name: str
+    status: OutcomeStatus
+    code: str | None = None
+    reason: str | None = None
+    response_id: str | None = None
+    db_status: str | None = None
+    tokens: TokenUsage = TokenUsage()
+    duration: float = 0.0

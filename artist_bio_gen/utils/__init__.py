@@ -1,0 +1,1 @@
+"""Small helpers: text cleaning, compact id sets, logging."""

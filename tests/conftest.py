@@ -1,0 +1,120 @@
+"""Shared fixtures: a real PostgreSQL database per test, the fake OpenAI server, isolation.
+
+Every test runs in its own temporary directory with an environment scrubbed of the user's
+settings: the API key is a dummy, OPENAI_BASE_URL points at a closed local port unless a test
+asks for the fake server, and no ``.env`` file of the developer's can be read. Nothing a test
+does can reach the real OpenAI API or a real database.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from .fake_openai import FakeOpenAI
+from .helpers import TEST_API_KEY, TestDatabase
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The user's table as documented in the README (and LEGACY.md), plus the test-mode twin.
+USER_TABLES = """
+CREATE TABLE artists (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    name TEXT NOT NULL,
+    bio TEXT,
+    created_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP
+);
+CREATE TABLE test_artists (LIKE artists INCLUDING ALL);
+"""
+
+_SCRUBBED_PREFIXES = (
+    "OPENAI_",
+    "DATABASE_URL",
+    "DB_",
+    "QUOTA_",
+    "JSONL_",
+    "MAX_WORKERS",
+    "DAILY_REQUEST_LIMIT",
+    "PAUSE_DURATION_HOURS",
+)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    """A superuser URL: TEST_DATABASE_URL, or the local cluster brought up by the script."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "ensure-test-postgres.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+def _url_for(admin_url: str, dbname: str) -> str:
+    """The admin URL pointed at another database."""
+    return urlsplit(admin_url)._replace(path="/" + dbname).geturl()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_admin_url: str) -> Iterator[str]:
+    """A template database holding the user's tables; each test copies it."""
+    name = f"abg_tpl_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    with psycopg.connect(_url_for(pg_admin_url, name), autocommit=True) as conn:
+        conn.execute(USER_TABLES)
+    yield name
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database(pg_admin_url: str, pg_template: str) -> Iterator[TestDatabase]:
+    """A fresh database of its own for one test (copied from the template)."""
+    name = f"abg_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    db = TestDatabase(_url_for(pg_admin_url, name))
+    yield db
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[FakeOpenAI]:
+    """One fake OpenAI server for the whole session."""
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_openai(fake_server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    """The fake server, reset, with OPENAI_BASE_URL pointing at it."""
+    fake_server.reset()
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
+    yield fake_server
+    fake_server.reset()
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No user setting, .env file or real endpoint can leak into a test."""
+    for key in list(os.environ):
+        if key.startswith(_SCRUBBED_PREFIXES):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
+    # Port 9 (discard) on loopback: a request that escapes the fake fails fast and locally.
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.chdir(tmp_path)

@@ -1,0 +1,215 @@
+"""The whole tool through its command line: fake OpenAI over HTTP, real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .fake_openai import FakeOpenAI, bio_for
+from .helpers import (
+    TestDatabase,
+    assert_legacy_record,
+    assert_mirror,
+    cli_env,
+    make_artists,
+    read_jsonl,
+    run_cli,
+    write_csv,
+)
+
+
+def _env(db: TestDatabase | None, **extra: str) -> dict[str, str]:
+    return cli_env(DATABASE_URL=db.url if db else None, **extra)
+
+
+def test_a_thousand_artists_with_16_workers(
+    tmp_path: Path, database: TestDatabase, fake_openai: FakeOpenAI
+) -> None:
+    artists = make_artists(1200, seed=7)
+    database.seed(artists)
+    csv_path = write_csv(tmp_path / "artists.csv", artists)
+    out = tmp_path / "out.jsonl"
+    fake_openai.latency = 0.005
+
+    result = run_cli(
+        [
+            "--input",
+            str(csv_path),
+            "--output",
+            str(out),
+            "--prompt-id",
+            "pmpt_e2e",
+            "--version",
+            "2",
+            "--max-workers",
+            "16",
+        ],
+        env=_env(database),
+    )
+
+    assert result.returncode == 0, result.stderr
+    records = assert_mirror(out, database)
+    assert len(records) == len(artists)
+    by_id = {a.artist_id: a for a in artists}
+    for record in records:
+        artist = by_id[record["artist_id"]]
+        assert_legacy_record(record, artist)
+        assert record["response_text"] == bio_for(artist.name)
+        assert record["db_status"] == "updated"
+        assert record["request"]["prompt_id"] == "pmpt_e2e"
+        assert record["request"]["version"] == "2"
+    assert fake_openai.total_requests == len(artists)  # nobody paid for twice
+    assert fake_openai.concurrent_max <= 16
+    assert "committed         1,200" in result.stderr
+
+
+def test_updated_at_is_set_and_other_columns_untouched(
+    tmp_path: Path, database: TestDatabase, fake_openai: FakeOpenAI
+) -> None:
+    artists = make_artists(5, seed=8)
+    database.seed(artists)
+    database.execute("UPDATE artists SET updated_at = '2000-01-01'")
+    csv_path = write_csv(tmp_path / "a.csv", artists)
+    result = run_cli(["--input", str(csv_path), "--prompt-id", "p"], env=_env(database))
+    assert result.returncode == 0, result.stderr
+    with database.connect() as conn:
+        rows = conn.execute("SELECT name, updated_at > '2001-01-01' FROM artists").fetchall()
+    assert sorted(name for name, _ in rows) == sorted(a.name for a in artists)
+    assert all(fresh for _, fresh in rows)
+
+
+def test_jsonl_only_run_writes_null_db_status(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    artists = make_artists(30, seed=9)
+    csv_path = write_csv(tmp_path / "a.csv", artists)
+    result = run_cli(["--input", str(csv_path), "--prompt-id", "p", "--no-db"], env=_env(None))
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(tmp_path / "out.jsonl")
+    assert {r["artist_id"] for r in records} == {a.artist_id for a in artists}
+    assert {r["db_status"] for r in records} == {"null"}
+
+
+def test_model_mode_sends_instructions_and_names_the_artist(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    artists = make_artists(3, seed=10)
+    csv_path = write_csv(tmp_path / "a.csv", artists)
+    instructions = tmp_path / "instructions.txt"
+    instructions.write_text("Write one sentence.", encoding="utf-8")
+    result = run_cli(
+        [
+            "--input",
+            str(csv_path),
+            "--model",
+            "local-llm",
+            "--instructions-file",
+            str(instructions),
+            "--no-db",
+        ],
+        env=_env(None),
+    )
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(tmp_path / "out.jsonl")
+    # The fake recognised each artist from the "Artist name:" line of the input.
+    assert sorted(r["response_text"] for r in records) == sorted(bio_for(a.name) for a in artists)
+    assert all(r["request"]["prompt_id"] is None for r in records)
+
+
+def test_test_mode_writes_test_artists(
+    tmp_path: Path, database: TestDatabase, fake_openai: FakeOpenAI
+) -> None:
+    artists = make_artists(4, seed=11)
+    database.seed(artists, table="test_artists")
+    csv_path = write_csv(tmp_path / "a.csv", artists)
+    result = run_cli(
+        ["--input", str(csv_path), "--prompt-id", "p", "--test-mode"], env=_env(database)
+    )
+    assert result.returncode == 0, result.stderr
+    assert all(database.bios("test_artists").values())
+    assert_mirror(tmp_path / "out.jsonl", database, table="test_artists")
+
+
+def test_skip_existing_keeps_bios_and_does_not_pay_for_them(
+    tmp_path: Path, database: TestDatabase, fake_openai: FakeOpenAI
+) -> None:
+    artists = make_artists(10, seed=12)
+    database.seed(artists[:4], bio="Hand-written bio")
+    database.seed(artists[4:])
+    csv_path = write_csv(tmp_path / "a.csv", artists)
+    result = run_cli(
+        ["--input", str(csv_path), "--prompt-id", "p", "--skip-existing"], env=_env(database)
+    )
+    assert result.returncode == 0, result.stderr
+    bios = database.bios()
+    assert [bios[a.artist_id] for a in artists[:4]] == ["Hand-written bio"] * 4
+    assert fake_openai.total_requests == 6
+    assert {r["artist_id"] for r in assert_mirror(tmp_path / "out.jsonl", database)} == {
+        a.artist_id for a in artists[4:]
+    }
+
+
+def test_an_artist_missing_from_the_table_is_recorded_as_skipped(
+    tmp_path: Path, database: TestDatabase, fake_openai: FakeOpenAI
+) -> None:
+    artists = make_artists(3, seed=13)
+    database.seed(artists[:2])
+    csv_path = write_csv(tmp_path / "a.csv", artists)
+    result = run_cli(["--input", str(csv_path), "--prompt-id", "p"], env=_env(database))
+    assert result.returncode == 0, result.stderr
+    statuses = {
+        r["artist_id"]: r["db_status"] for r in assert_mirror(tmp_path / "out.jsonl", database)
+    }
+    assert statuses[artists[2].artist_id] == "skipped"
+    assert statuses[artists[0].artist_id] == "updated"
+
+
+def test_citations_are_stripped_before_commit(
+    tmp_path: Path, database: TestDatabase, fake_openai: FakeOpenAI
+) -> None:
+    artists = make_artists(2, seed=14)
+    database.seed(artists)
+    fake_openai.add_rule("citations")
+    csv_path = write_csv(tmp_path / "a.csv", artists)
+    result = run_cli(["--input", str(csv_path), "--prompt-id", "p"], env=_env(database))
+    assert result.returncode == 0, result.stderr
+    assert sorted(database.bios().values()) == sorted(bio_for(a.name) for a in artists)
+
+
+def test_dry_run_needs_no_key_and_no_database(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    artists = make_artists(8, seed=15)
+    csv_path = write_csv(tmp_path / "a.csv", artists)
+    env = cli_env(OPENAI_API_KEY=None, DATABASE_URL="postgresql://u:p@127.0.0.1:1/none")
+    result = run_cli(["--input", str(csv_path), "--prompt-id", "pmpt_x", "--dry-run"], env=env)
+    assert result.returncode == 0, result.stderr
+    payloads = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(payloads) == 5
+    assert payloads[0]["request"]["prompt"]["variables"]["artist_name"] == artists[0].name
+    assert fake_openai.total_requests == 0
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["-m", "artist_bio_gen"],
+        ["-c", "from artist_bio_gen.cli import main; raise SystemExit(main())"],
+    ],
+)
+def test_help_has_examples(entry: list[str]) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, *entry, "--help"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert (
+        "examples:" in result.stdout
+        and "--resume" in result.stdout
+        and "exit codes:" in result.stdout
+    )

@@ -86,13 +86,16 @@ def run_job(
     """
     paths = JobPaths(config.output_path)
     _check_output_location(paths)
-    with RunLock(paths.run_lock), _closing(_Session(config, paths, None)) as session:
+    with RunLock(paths.run_lock) as lock, _closing(_Session(config, paths, None)) as session:
         _decide_job(session)
         _check_before_spending(session)
         _open_outputs(session)
         assert session.writer is not None
         control.on_emergency(session.writer.freeze)
-        return _process(session, control, on_outcome, on_start)
+        result = _process(session, control, on_outcome, on_start)
+        if result.abandoned:
+            lock.hold_until_exit()
+        return result
 
 
 def _check_output_location(paths: JobPaths) -> None:

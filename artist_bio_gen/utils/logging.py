@@ -46,21 +46,27 @@ class RedactingFilter(logging.Filter):
 
 
 def setup_logging(verbose: bool = False, secrets: Iterable[str | None] = ()) -> None:
-    """Send the package's log records to stderr (DEBUG with ``verbose``, else INFO)."""
+    """Send log records to stderr (the package at DEBUG with ``verbose``, else INFO).
+
+    The handler sits on the root logger so that warnings of the libraries (the connection
+    pool, the SDK) are formatted and scrubbed the same way as ours.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     )
     handler.addFilter(RedactingFilter(secrets))
-    package = logging.getLogger(PACKAGE_LOGGER)
-    for old in list(package.handlers):
-        package.removeHandler(old)
-    package.addHandler(handler)
-    package.setLevel(logging.DEBUG if verbose else logging.INFO)
-    package.propagate = False
-    # The HTTP stack logs every request at INFO; keep it for --verbose only.
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_artist_bio_gen", False)]:
+        root.removeHandler(old)
+    handler._artist_bio_gen = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger(PACKAGE_LOGGER).setLevel(logging.DEBUG if verbose else logging.INFO)
+    # The HTTP stack logs every request at INFO/DEBUG and the pool logs every failed
+    # reconnect; our own messages say what matters, so theirs are for --verbose only.
     for noisy in ("openai", "httpx", "httpx2", "httpcore", "psycopg.pool"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 class _JsonLineFormatter(logging.Formatter):

@@ -1,0 +1,148 @@
+"""BioStore against a real PostgreSQL: one-statement commits, idempotence, ledger reads."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from artist_bio_gen.database.connection import create_db_connection_pool, describe_database
+from artist_bio_gen.database.schema import ensure_ledger, inspect_target_table
+from artist_bio_gen.database.store import BioRow, BioStore, update_artist_bio
+from artist_bio_gen.models import DatabaseConfig, TokenUsage
+
+from .helpers import TestDatabase, make_artists
+
+JOB = str(uuid.uuid4())
+
+
+@pytest.fixture
+def store(database: TestDatabase) -> Iterator[BioStore]:
+    config = DatabaseConfig(url=database.url, pool_size=4, retry_seconds=5)
+    pool = create_db_connection_pool(config)
+    where = describe_database(config.url)
+    ensure_ledger(pool, where)
+    ensure_ledger(pool, where)  # idempotent
+    yield BioStore(pool, config, inspect_target_table(pool, "artists", where))
+    pool.close()
+
+
+def _row(artist_id: str, text: str = "A bio.", job: str = JOB, name: str = "N") -> BioRow:
+    return BioRow(
+        job_id=job,
+        artist_id=artist_id,
+        artist_name=name,
+        artist_data=None,
+        response_id=f"resp_{text[:8]}",
+        response_text=text,
+        created=1_700_000_000,
+        prompt_id="p",
+        prompt_version=None,
+        model=None,
+        tokens=TokenUsage(1, 2, 3),
+    )
+
+
+def test_commit_updates_bio_and_ledger_together(store: BioStore, database: TestDatabase) -> None:
+    artist = make_artists(1, seed=30)[0]
+    database.seed([artist])
+    committed = store.commit(_row(artist.artist_id, "First bio."))
+    assert committed.db_status == "updated" and committed.response_text == "First bio."
+    assert database.bios()[artist.artist_id] == "First bio."
+    (ledger,) = database.ledger()
+    assert ledger["response_text"] == "First bio." and ledger["total_tokens"] == 3
+
+
+def test_a_second_commit_of_the_same_artist_keeps_the_first(
+    store: BioStore, database: TestDatabase
+) -> None:
+    """The statement is idempotent: a retry after an unknown outcome cannot overwrite."""
+    artist = make_artists(1, seed=31)[0]
+    database.seed([artist])
+    first = store.commit(_row(artist.artist_id, "First bio."))
+    again = store.commit(_row(artist.artist_id, "Second bio."))
+    assert again == first
+    assert database.bios()[artist.artist_id] == "First bio."
+    assert len(database.ledger()) == 1
+
+
+def test_other_jobs_are_independent(store: BioStore, database: TestDatabase) -> None:
+    artist = make_artists(1, seed=32)[0]
+    database.seed([artist])
+    store.commit(_row(artist.artist_id, "Job one."))
+    other = str(uuid.uuid4())
+    store.commit(_row(artist.artist_id, "Job two.", job=other))
+    assert database.bios()[artist.artist_id] == "Job two."
+    assert [a for a in store.done_ids(other)] == [artist.artist_id]
+
+
+def test_missing_row_is_recorded_as_skipped(store: BioStore, database: TestDatabase) -> None:
+    committed = store.commit(_row(str(uuid.uuid4())))
+    assert committed.db_status == "skipped"
+    assert database.bios() == {}
+
+
+def test_keep_existing_never_overwrites(store: BioStore, database: TestDatabase) -> None:
+    artist = make_artists(1, seed=33)[0]
+    database.seed([artist], bio="Curated.")
+    assert store.has_bio(artist.artist_id) is True
+    assert store.has_bio(str(uuid.uuid4())) is None
+    committed = store.commit(_row(artist.artist_id, "Generated."), keep_existing=True)
+    assert committed.db_status == "skipped"
+    assert database.bios()[artist.artist_id] == "Curated."
+
+
+def test_done_ids_streams_every_id(store: BioStore, database: TestDatabase) -> None:
+    """The binary COPY parser reads all ids, across COPY chunk boundaries."""
+    ids = [str(uuid.uuid4()) for _ in range(5000)] + ["00000000-0000-0000-0000-000000000000"]
+    with database.connect() as conn, conn.cursor() as cur:
+        ensure_rows = (
+            "INSERT INTO artist_bio_ledger (job_id, artist_id, artist_name, response_id, "
+            "response_text, created, db_status) VALUES (%s, %s, 'n', 'r', 't', 1, 'updated')"
+        )
+        cur.executemany(ensure_rows, [(JOB, i) for i in ids])
+    done = store.done_ids(JOB)
+    assert len(done) == len(ids)
+    assert set(done) == set(ids)
+    assert store.count_job_rows(JOB) == len(ids)
+    assert store.missing_from_ledger(JOB, [ids[0], "11111111-1111-4111-8111-111111111111"]) == [
+        "11111111-1111-4111-8111-111111111111"
+    ]
+
+
+def test_rows_come_back_in_commit_order(store: BioStore, database: TestDatabase) -> None:
+    artists = make_artists(5, seed=34)
+    database.seed(artists)
+    for index, artist in enumerate(artists):
+        store.commit(_row(artist.artist_id, f"Bio {index}."))
+    rows = list(store.iter_job_rows(JOB))
+    assert [r.artist_id for r in rows] == [a.artist_id for a in artists]
+    assert [r.seq for r in rows] == sorted(r.seq for r in rows)
+    assert list(store.iter_job_rows(JOB, after_seq=rows[2].seq)) == rows[3:]
+
+
+def test_a_rejected_bio_raises_a_driver_error(store: BioStore, database: TestDatabase) -> None:
+    """PostgreSQL text cannot hold NUL: that is this artist's failure, not a connection issue."""
+    artist = make_artists(1, seed=35)[0]
+    database.seed([artist])
+    with pytest.raises(psycopg.DataError):
+        store.commit(_row(artist.artist_id, "bad \x00 bio"))
+    assert database.ledger() == []
+
+
+def test_legacy_update_artist_bio(database: TestDatabase) -> None:
+    artist = make_artists(1, seed=36)[0]
+    database.seed([artist])
+    with database.connect() as conn:
+        conn.autocommit = False
+        assert update_artist_bio(conn, artist.artist_id, "Legacy bio.") == (True, 1, None)
+        assert update_artist_bio(conn, artist.artist_id, "Other.", skip_existing=True) == (
+            True,
+            0,
+            None,
+        )
+        failed = update_artist_bio(conn, "not-a-uuid", "x")
+    assert failed.success is False and "uuid" in (failed.error or "")
+    assert database.bios()[artist.artist_id] == "Legacy bio."

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-
-import httpx2
-import openai
+from typing import TYPE_CHECKING
 
 from ..models import ApiResponse, ArtistData, TokenUsage
 from ..utils.text import normalize_bio
 from .request import PromptSettings, build_request
 
+if TYPE_CHECKING:
+    import openai
+
 logger = logging.getLogger(__name__)
+
+# The SDK is imported where it is first needed, not at module import: it takes about half a
+# second, which a run refused at start (lock held, bad option) should not have to pay.
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ def create_openai_client(
     The SDK's default pool holds 1,000 connections; with more workers than connections the
     extra threads would queue inside the HTTP client instead of calling the API.
     """
+    import httpx2
+    import openai
+
     limits = httpx2.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
@@ -80,6 +87,8 @@ def call_openai_api(
 
     ``api_key`` is only used to scrub the key out of error messages.
     """
+    import openai
+
     try:
         response = client.responses.create(**build_request(artist, settings))
     except openai.OpenAIError as exc:
@@ -127,6 +136,8 @@ def classify_api_error(
 
 
 def _classify(exc: openai.OpenAIError, settings: PromptSettings) -> ApiCallError:
+    import openai
+
     if isinstance(exc, openai.AuthenticationError):
         return ApiCallError(
             "auth",
@@ -171,6 +182,8 @@ def _rate_limit(exc: openai.RateLimitError) -> ApiCallError:
 
 
 def _per_artist(exc: openai.OpenAIError) -> ApiCallError:
+    import openai
+
     if isinstance(exc, openai.APITimeoutError):
         return ApiCallError("timeout", "the request timed out (after retries)")
     if isinstance(exc, openai.APIConnectionError):

@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import openai
 import psycopg
 
 from ..api.client import ApiCallError, Generated, call_openai_api
@@ -46,6 +46,9 @@ from ..models import ApiResponse, ArtistData, Outcome, TokenUsage
 from ..utils.logging import TransactionLog
 from .failures import FailureLog
 from .output import JsonlWriter
+
+if TYPE_CHECKING:
+    import openai
 
 logger = logging.getLogger(__name__)
 

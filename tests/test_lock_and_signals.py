@@ -1,0 +1,275 @@
+"""One run per job (G7) and interruption by signals (G8), with the CLI as a subprocess.
+
+The fake OpenAI server keeps requests in flight on purpose (``hold()`` or a ``hang`` rule with
+a delay), so a test knows exactly how many artists are in flight when it signals the run.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from artist_bio_gen import exit_codes
+
+from .fake_openai import FakeOpenAI
+from .helpers import (
+    TestDatabase,
+    assert_mirror,
+    cli_env,
+    make_artists,
+    read_jsonl,
+    run_cli,
+    start_cli,
+    write_csv,
+)
+
+WORKERS = 4
+# The canary (first artist, alone) plus one request per worker.
+IN_FLIGHT_AFTER_CANARY = 1 + WORKERS
+ARTISTS = make_artists(40, seed=301)
+
+
+class _Run:
+    """A CLI run in the background whose stderr is collected line by line as it comes."""
+
+    def __init__(self, args: list[str], env: dict[str, str]):
+        self.proc = start_cli(args, env=env)
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_for_text(self, text: str, timeout: float) -> bool:
+        """Wait until a stderr line contains ``text``; False after ``timeout`` seconds."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: any(text in line for line in self._lines), timeout=timeout
+            )
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        """Wait for the exit; (exit code, whole stderr)."""
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return code, self.stderr
+
+    @property
+    def stderr(self) -> str:
+        with self._changed:
+            return "".join(self._lines)
+
+    def kill(self) -> None:
+        """SIGKILL (if still running) and reap."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        self._reader.join(timeout=10)
+
+
+@pytest.fixture
+def job(
+    tmp_path: Path, database: TestDatabase, fake_openai: FakeOpenAI
+) -> tuple[list[str], dict[str, str]]:
+    """Arguments and environment (the fake's URL included) of a 40-artist job writing
+    out.jsonl in the test directory."""
+    database.seed(ARTISTS)
+    csv_path = write_csv(tmp_path / "artists.csv", ARTISTS)
+    args = ["--input", str(csv_path), "--prompt-id", "pmpt_sig", "--max-workers", str(WORKERS)]
+    return args, cli_env(DATABASE_URL=database.url)
+
+
+@pytest.fixture
+def released(fake_openai: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    """The fake, with its gate opened again whatever the test did."""
+    try:
+        yield fake_openai
+    finally:
+        fake_openai.release()
+
+
+def _ends_in_whole_line(path: Path) -> bool:
+    data = path.read_bytes() if path.exists() else b""
+    return data == b"" or data.endswith(b"\n")
+
+
+def _hang_after_canary(fake: FakeOpenAI, seconds: float) -> None:
+    """The canary is answered at once; every later request is answered after ``seconds``."""
+    fake.add_rule("ok", times=1)
+    fake.add_rule("hang", delay=seconds)
+
+
+def test_a_second_run_is_refused_at_once(
+    job: tuple[list[str], dict[str, str]], released: FakeOpenAI
+) -> None:
+    """While a run holds the job, a second run on the same output (cron overlap) exits 75 in
+    well under a second, naming the first run's pid, without touching the job."""
+    args, env = job
+    released.hold()
+    first = _Run(args, env)
+    try:
+        assert released.wait_for_requests(1, timeout=30), first.stderr
+        started = time.monotonic()
+        second = run_cli(["--resume"], env=env, timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        released.release()
+    code, _ = first.finish(timeout=120)
+
+    assert second.returncode == exit_codes.EXIT_LOCKED, second.stderr
+    assert f"pid {first.pid}" in second.stderr, second.stderr
+    assert elapsed < 1.0, f"the refused run took {elapsed:.2f} s (interpreter start included)"
+    assert code == exit_codes.EXIT_SUCCESS
+    assert released.total_requests == len(ARTISTS)
+
+
+def test_a_killed_run_does_not_block_the_next(
+    tmp_path: Path,
+    job: tuple[list[str], dict[str, str]],
+    database: TestDatabase,
+    released: FakeOpenAI,
+) -> None:
+    """After the run holding the lock is SIGKILLed, the next run proceeds: the OS dropped the
+    lock, and the lock file itself is still there (it is never deleted)."""
+    args, env = job
+    lock_file = tmp_path / "out.run.lock"
+    released.hold()
+    first = _Run(args, env)
+    try:
+        assert released.wait_for_requests(1, timeout=30), first.stderr
+        first.kill()
+    finally:
+        released.release()
+    assert lock_file.exists()
+
+    result = run_cli(["--resume"], env=env)
+
+    assert result.returncode == exit_codes.EXIT_SUCCESS, result.stderr
+    assert len(assert_mirror(tmp_path / "out.jsonl", database)) == len(ARTISTS)
+    assert lock_file.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_submitting_and_lets_in_flight_artists_finish(
+    tmp_path: Path,
+    job: tuple[list[str], dict[str, str]],
+    database: TestDatabase,
+    fake_openai: FakeOpenAI,
+    signum: int,
+) -> None:
+    """SIGTERM/SIGINT with 4 artists in flight: those 4 finish and are committed and appended,
+    no new request goes out, the summary is printed and the exit code is 130. A resume then
+    finishes the job without paying twice for anyone."""
+    args, env = job
+    _hang_after_canary(fake_openai, seconds=2.0)
+    run = _Run([*args, "--request-timeout", "30"], env)
+    try:
+        assert fake_openai.wait_for_requests(IN_FLIGHT_AFTER_CANARY, timeout=30), run.stderr
+        run.signal(signum)
+        at_signal = fake_openai.total_requests
+        code, stderr = run.finish(timeout=60)
+    finally:
+        run.kill()
+
+    assert code == exit_codes.EXIT_INTERRUPTED, stderr
+    assert "Summary" in stderr and "Traceback" not in stderr
+    assert at_signal == IN_FLIGHT_AFTER_CANARY
+    assert fake_openai.total_requests == at_signal, "no new request after the signal"
+    assert len(assert_mirror(tmp_path / "out.jsonl", database)) == IN_FLIGHT_AFTER_CANARY
+
+    fake_openai.clear_rules()
+    resumed = run_cli(["--resume"], env=env)
+    assert resumed.returncode == exit_codes.EXIT_SUCCESS, resumed.stderr
+    assert len(assert_mirror(tmp_path / "out.jsonl", database)) == len(ARTISTS)
+    assert fake_openai.total_requests == len(ARTISTS)
+
+
+def test_a_second_signal_exits_at_once(
+    tmp_path: Path,
+    job: tuple[list[str], dict[str, str]],
+    database: TestDatabase,
+    fake_openai: FakeOpenAI,
+) -> None:
+    """A second SIGTERM while in-flight artists are still finishing (and appending) during
+    the grace period exits at once with 130. The JSONL ends in a whole line and holds only
+    committed bios; the next ``--resume`` restores the exact mirror."""
+    args, env = job
+    workers = 16
+    # Staggered answers: during the grace period lines keep being appended, so the second
+    # signal lands while workers are committing and writing.
+    fake_openai.add_rule("ok", times=1)
+    for index, artist in enumerate(ARTISTS):
+        fake_openai.add_rule("hang", name=artist.name, delay=0.2 + 0.1 * index)
+    run = _Run([*args, "--max-workers", str(workers), "--request-timeout", "60"], env)
+    try:
+        assert fake_openai.wait_for_requests(1 + workers, timeout=30), run.stderr
+        run.signal(signal.SIGTERM)
+        assert run.wait_for_text("SIGTERM received", timeout=10), run.stderr
+        time.sleep(0.3)
+        second_at = time.monotonic()
+        run.signal(signal.SIGTERM)
+        code, stderr = run.finish(timeout=30)
+        elapsed = time.monotonic() - second_at
+    finally:
+        run.kill()
+
+    assert code == exit_codes.EXIT_INTERRUPTED, stderr
+    assert "received again" in stderr
+    assert elapsed < 3.0, f"the second signal took {elapsed:.1f} s to end the run"
+    out = tmp_path / "out.jsonl"
+    records = read_jsonl(out)  # every line whole and parseable
+    ledger = {row["artist_id"] for row in database.ledger()}
+    assert 1 <= len(ledger) < 1 + workers, "the run ended before its in-flight artists did"
+    assert {r["artist_id"] for r in records} <= ledger, "a line only after its commit"
+
+    fake_openai.clear_rules()
+    resumed = run_cli(["--resume"], env=env)
+    assert resumed.returncode == exit_codes.EXIT_SUCCESS, resumed.stderr
+    assert len(assert_mirror(out, database)) == len(ARTISTS)
+
+
+def test_shutdown_grace_bounds_the_wait_for_a_hung_request(
+    tmp_path: Path,
+    job: tuple[list[str], dict[str, str]],
+    database: TestDatabase,
+    fake_openai: FakeOpenAI,
+) -> None:
+    """With ``--shutdown-grace 1`` and requests that never answer, SIGTERM ends the run with
+    130 within a few seconds (not after the request timeout), summary printed."""
+    args, env = job
+    _hang_after_canary(fake_openai, seconds=3600.0)
+    run = _Run([*args, "--request-timeout", "300", "--shutdown-grace", "1"], env)
+    try:
+        assert fake_openai.wait_for_requests(IN_FLIGHT_AFTER_CANARY, timeout=30), run.stderr
+        signalled = time.monotonic()
+        run.signal(signal.SIGTERM)
+        code, stderr = run.finish(timeout=60)
+        elapsed = time.monotonic() - signalled
+    finally:
+        run.kill()
+
+    assert code == exit_codes.EXIT_INTERRUPTED, stderr
+    assert elapsed < 5.0, f"the run took {elapsed:.1f} s to stop with a 1 s grace"
+    assert "Summary" in stderr
+    out = tmp_path / "out.jsonl"
+    assert _ends_in_whole_line(out)
+    assert len(assert_mirror(out, database)) == 1

@@ -425,3 +425,17 @@ def test_example_file_processes_cleanly(caplog: pytest.LogCaptureFixture) -> Non
     assert any(not a.name.isascii() for a in result.artists)
     assert any(a.data and a.data.startswith('{"') for a in result.artists)
     assert result.skipped_lines >= 3  # header, comments and blank lines
+
+
+def test_estimate_rows_counts_data_lines(tmp_path: Path) -> None:
+    """The progress estimate skips blank lines, comments and the header."""
+    from artist_bio_gen.core.parser import estimate_rows
+
+    path = tmp_path / "a.csv"
+    path.write_bytes(
+        b"\xef\xbb\xbfartist_id,artist_name\r\n# comment\r\n\r\n"
+        b"00000000-0000-4000-8000-000000000001,A\r\n00000000-0000-4000-8000-000000000002,B\r\n"
+    )
+    assert estimate_rows(path) == 2
+    path.write_bytes(b"00000000-0000-4000-8000-000000000001,A\n")
+    assert estimate_rows(path) == 1

@@ -113,7 +113,7 @@ def test_resume_after_a_quota_stop_processes_only_the_rest(
     second = run_cli(["--resume", "--input", str(csv_path), *WORKERS, *FAST], env=_env(database))
 
     assert second.returncode == exit_codes.EXIT_SUCCESS, second.stderr
-    assert "resumed: 10 already done" in second.stderr
+    assert "resumed: 10 already done, about 20 to go" in second.stderr
     assert "already done 10" in second.stderr  # the summary line
     assert fake_openai.total_requests - before == 20  # only the rest was requested
     records = assert_mirror(tmp_path / "out.jsonl", database)
@@ -137,7 +137,7 @@ def test_resume_twice_after_a_complete_run_does_nothing_quickly(
         result = _resume(database)
         elapsed = time.monotonic() - started
         assert result.returncode == exit_codes.EXIT_SUCCESS, result.stderr
-        assert f"resumed: {len(artists)} already done" in result.stderr
+        assert f"resumed: {len(artists)} already done, about 0 to go" in result.stderr
         assert fake_openai.total_requests == requests
         # "Nothing left to do exits quickly": interpreter start, one DB check, one scan.
         # Generous on purpose (a loaded CI box), yet far below a run that did any work.

@@ -36,7 +36,7 @@ from .failures import FailureLog, count_attempts
 from .job import Manifest, apply_manifest, new_manifest, read_manifest, write_manifest
 from .lock import RunLock
 from .output import JsonlWriter, move_aside
-from .parser import ArtistReader
+from .parser import ArtistReader, estimate_rows
 from .paths import JobPaths
 from .processor import OutcomeCallback, Pipeline, RunControl, Tally, process_artists_concurrent
 from .recovery import reconcile, scan_jsonl
@@ -232,7 +232,8 @@ def _process(
     done = _done_ids(session)
     attempts = dict(count_attempts(session.paths.failures, manifest.job_id))
     give_up = _GiveUpFilter(attempts, config.max_attempts if not config.retry_failed else 10**9)
-    _log_start(len(done), config)
+    to_go = max(0, estimate_rows(config.input_path) - len(done)) if done or config.resume else None
+    _log_start(len(done), to_go)
     if on_start is not None:
         on_start(len(done))
     pipeline = _pipeline(session, attempts)
@@ -260,9 +261,9 @@ def _process(
     return RunResult(stats, control.error, control.interrupted, tally.abandoned, manifest.job_id)
 
 
-def _log_start(done_count: int, config: Config) -> None:
-    if done_count or config.resume:
-        logger.info("resumed: %s already done", f"{done_count:,}")
+def _log_start(done_count: int, to_go: int | None) -> None:
+    if to_go is not None:
+        logger.info("resumed: %s already done, about %s to go", f"{done_count:,}", f"{to_go:,}")
 
 
 def _pipeline(session: _Session, attempts: dict[str, int]) -> Pipeline:

@@ -237,7 +237,8 @@ class BioStore:
                     f"{self._config.retry_seconds:.0f} s ({self._last_error}); the job is "
                     "saved: run again with --resume once the database is back."
                 )
-            time.sleep(min(0.2 * 2**attempt, 5.0))
+            # Capped low: once the server is back, workers should notice within seconds.
+            time.sleep(min(0.2 * 2**attempt, 2.0))
 
     def _note_connection_error(self, what: str, exc: BaseException) -> None:
         self._last_error = redact(first_line(exc), self._config.url)

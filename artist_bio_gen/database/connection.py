@@ -79,6 +79,9 @@ def create_db_connection_pool(config: DatabaseConfig) -> ConnectionPool:
     artist. Connections are autocommit: every write is one statement, hence one transaction.
     Raises ``ConfigError`` when no connection can be made within ``connect_timeout``.
     """
+    # One direct attempt first: a refused connection or a wrong password fails at once with
+    # the server's reason, where the pool would keep retrying until its timeout.
+    _probe(config)
     pool = ConnectionPool(
         config.url,
         min_size=1,
@@ -93,22 +96,23 @@ def create_db_connection_pool(config: DatabaseConfig) -> ConnectionPool:
         pool.open(wait=True, timeout=config.connect_timeout)
     except Exception as exc:
         pool.close(timeout=0)
-        reason = redact(_connect_failure_reason(config), config.url)
-        raise ConfigError(
-            f"Cannot connect to PostgreSQL at {describe_database(config.url)} ({reason}); "
-            "check DATABASE_URL or --db-url and that the server is running."
-        ) from exc
+        raise _cannot_connect(config, "timed out") from exc
     return pool
 
 
-def _connect_failure_reason(config: DatabaseConfig) -> str:
-    # The pool only reports a timeout; one direct attempt gives the real reason (refused,
-    # bad password, unknown database) for the message.
+def _probe(config: DatabaseConfig) -> None:
     try:
         psycopg.connect(config.url, connect_timeout=max(1, int(config.connect_timeout))).close()
     except psycopg.Error as exc:
-        return _short_reason(first_line(exc))
-    return "timed out"
+        raise _cannot_connect(config, _short_reason(first_line(exc))) from None
+
+
+def _cannot_connect(config: DatabaseConfig, reason: str) -> ConfigError:
+    return ConfigError(
+        f"Cannot connect to PostgreSQL at {describe_database(config.url)} "
+        f"({redact(reason, config.url)}); check DATABASE_URL or --db-url and that the server "
+        "is running."
+    )
 
 
 def _short_reason(message: str) -> str:

@@ -94,8 +94,12 @@ def test_keep_existing_never_overwrites(store: BioStore, database: TestDatabase)
     assert database.bios()[artist.artist_id] == "Curated."
 
 
-def test_done_ids_streams_every_id(store: BioStore, database: TestDatabase) -> None:
-    """The binary COPY parser reads all ids, across COPY chunk boundaries."""
+@pytest.mark.parametrize("chunk", [500_000, 999], ids=["one-chunk", "many-chunks"])
+def test_done_ids_streams_every_id(
+    store: BioStore, database: TestDatabase, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every id arrives, whether in one packed chunk or across chunk boundaries."""
+    monkeypatch.setattr("artist_bio_gen.database.store._DONE_CHUNK", chunk)
     ids = [str(uuid.uuid4()) for _ in range(5000)] + ["00000000-0000-0000-0000-000000000000"]
     with database.connect() as conn, conn.cursor() as cur:
         ensure_rows = (

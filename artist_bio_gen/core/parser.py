@@ -173,8 +173,14 @@ class ArtistReader:
 
     def _iterate(self) -> Iterator[ArtistData]:
         """Yield the usable artists; closes the file when the end is reached."""
+        done = self._skip_ids if self._skip_ids is not None else ()
         try:
             for line, fields in self._csv_records():
+                # A resume reads millions of done rows: they are recognised by their id
+                # alone, before any other check, and never enter the duplicate set.
+                if fields and fields[0].strip() in done:
+                    self.already_done += 1
+                    continue
                 artist = self._handle(fields, line)
                 if artist is not None:
                     self.rows += 1
@@ -221,6 +227,9 @@ class ArtistReader:
         except _BadRow as exc:
             self._bad_row(line, str(exc))
             return None
+        if self._skip_ids is not None and artist.artist_id in self._skip_ids:
+            self.already_done += 1  # done, written in another case or form
+            return None
         if not self._seen.add(artist.artist_id):
             self.duplicate_lines += 1
             self._warn(
@@ -229,9 +238,6 @@ class ArtistReader:
                 line,
                 artist.artist_id,
             )
-            return None
-        if self._skip_ids is not None and artist.artist_id in self._skip_ids:
-            self.already_done += 1
             return None
         return artist
 
@@ -287,24 +293,22 @@ class ArtistReader:
 def estimate_rows(path: str | os.PathLike[str]) -> int:
     """About how many artist rows the file holds, without parsing it.
 
-    Counts lines that are not blank and not comments, minus a header. A quoted field that
-    spans lines is counted once per line, so this is an upper bound for progress display
-    ("about N to go"), never used for decisions. About 0.2 s per million lines.
+    Counts lines (blank and comment lines included) and drops a header: an estimate for
+    progress display ("about N to go"), never used for decisions. It reads in large
+    blocks: about 0.02 s per million lines.
     """
-    count = 0
-    first = True
+    lines = 0
     with open(path, "rb") as handle:
-        for raw in handle:
-            stripped = raw.strip()
-            if not stripped or stripped.startswith(b"#"):
-                continue
-            if first:
-                first = False
-                head = stripped.split(b",", 1)[0].strip().lstrip(b"\xef\xbb\xbf").lower()
-                if head.decode("utf-8", "replace") in HEADER_NAMES:
-                    continue
-            count += 1
-    return count
+        first = handle.readline()
+        lines += first.endswith(b"\n")
+        while block := handle.read(1 << 20):
+            lines += block.count(b"\n")
+    head = first.lstrip(b"\xef\xbb\xbf").split(b",", 1)[0].strip().lower()
+    if head.decode("utf-8", "replace") in HEADER_NAMES:
+        lines -= 1
+    elif first and not first.endswith(b"\n"):
+        lines += 1  # a last line without its newline
+    return max(lines, 0)
 
 
 def parse_input_file(

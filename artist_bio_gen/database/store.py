@@ -188,21 +188,27 @@ class BioStore:
     def done_ids(self, job_id: str) -> UuidSet:
         """Ids of the artists committed by a job, in a compact set.
 
-        Streams the ids with a binary COPY (16 raw bytes each) instead of building a Python
-        object per row, so a million done artists load in about a second.
+        The server packs the ids (16 raw bytes each) into one value per chunk of
+        ``_DONE_CHUNK`` ids, walking the (job_id, artist_id) index, so a million done artists
+        arrive as a few large values instead of a million Python objects.
         """
         done = UuidSet()
-        query = (
-            f"COPY (SELECT artist_id FROM {LEDGER_TABLE} WHERE job_id = %s) "
-            "TO STDOUT (FORMAT BINARY)"
-        )
-        with (
-            self._pool.connection() as conn,
-            conn.cursor() as cur,
-            cur.copy(query, (job_id,)) as copy,
-        ):
-            _read_binary_uuids(copy, done)
-        return done
+        done.reserve(self.count_job_rows(job_id))
+        last: str | None = None
+        with self._pool.connection() as conn, conn.cursor(binary=True) as cur:
+            while True:
+                if last is None:
+                    cur.execute(_DONE_FIRST_CHUNK, (job_id, _DONE_CHUNK))
+                else:
+                    cur.execute(_DONE_NEXT_CHUNK, (job_id, last, _DONE_CHUNK))
+                blob, last_id, count = cur.fetchone()
+                if not count:
+                    return done
+                # Chunks are disjoint slices of a unique index: every id is new.
+                done.update_packed(bytes(blob), all_new=True)
+                last = str(last_id)
+                if count < _DONE_CHUNK:
+                    return done
 
     def count_job_rows(self, job_id: str) -> int:
         """How many artists a job has committed."""
@@ -245,28 +251,17 @@ class BioStore:
         logger.warning("database %s failed (%s); retrying", what, self._last_error)
 
 
-_COPY_HEADER = 19  # signature (11) + flags (4) + header extension length (4)
-_COPY_ROW = 2 + 4 + 16  # field count, field length, the uuid's 16 bytes
-
-
-def _read_binary_uuids(copy: psycopg.Copy, into: UuidSet) -> None:
-    """Parse a binary COPY of one uuid column into ``into``."""
-    buffer = bytearray()
-    header_done = False
-    for chunk in copy:
-        buffer += chunk
-        if not header_done:
-            if len(buffer) < _COPY_HEADER:
-                continue
-            del buffer[:_COPY_HEADER]
-            header_done = True
-        usable = len(buffer) - len(buffer) % _COPY_ROW
-        view = bytes(buffer[:usable])
-        del buffer[:usable]
-        for start in range(0, usable, _COPY_ROW):
-            if view[start : start + 2] == b"\xff\xff":  # the trailer
-                return
-            into.add(view[start + 6 : start + _COPY_ROW])
+_DONE_CHUNK = 500_000
+_DONE_CHUNK_SQL = (
+    "SELECT string_agg(uuid_send(artist_id), ''::bytea), "
+    'max(artist_id::text COLLATE "C"), count(*) '
+    f"FROM (SELECT artist_id FROM {LEDGER_TABLE} WHERE job_id = %s {{}} "
+    "ORDER BY artist_id LIMIT %s) AS chunk"
+)
+_DONE_FIRST_CHUNK = _DONE_CHUNK_SQL.format("")
+# Canonical lower-case text sorts like the uuid itself (byte order, hence COLLATE "C"), so
+# max(text) is the last id of a chunk.
+_DONE_NEXT_CHUNK = _DONE_CHUNK_SQL.format("AND artist_id > %s")
 
 
 class _Statements:

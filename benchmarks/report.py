@@ -1,0 +1,231 @@
+"""The verdict table and the details printed after a bench run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .procstat import MIB
+from .scenarios import (
+    CpuResult,
+    LoopFigures,
+    MemoryResult,
+    ResumeResult,
+    ThroughputResult,
+    WindowLoad,
+)
+
+# Throughput targets of DESIGN.md: (latency, workers) -> minimum share of the ideal W/L.
+THROUGHPUT_TARGETS: dict[tuple[float, int], float] = {
+    (0.5, 64): 0.98,
+    (1.0, 256): 0.95,
+    (4.0, 1024): 0.90,
+}
+RSS_LIMIT_AT_1024 = 300 * MIB
+CPU_RATIO_LIMIT = 1.2
+RATE_RATIO_MIN = 0.8
+RSS_GROWTH_LIMIT = 0.05
+RESUME_START_LIMIT = 3.0
+DONE_SET_LIMIT = 150 * MIB
+# Above this the fake server (one Python process, one GIL) may be what limits the rate.
+SERVER_BUSY_CORES = 0.8
+MACHINE_BUSY = 0.9
+# Cores used by processes other than the tool, the fake and PostgreSQL worth a warning.
+OTHER_BUSY_CORES = 0.2
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One line of the table."""
+
+    target: str
+    measured: str
+    limit: str
+    passed: bool
+    #: The measurement itself failed (the run crashed), so there is no figure.
+    error: bool = False
+
+    @property
+    def label(self) -> str:
+        """PASS, MISS or ERROR."""
+        return "ERROR" if self.error else "PASS" if self.passed else "MISS"
+
+
+def _mib(value: float) -> str:
+    return f"{value / MIB:.1f} MB"
+
+
+def throughput_verdicts(result: ThroughputResult) -> list[Verdict]:
+    """Target 1 for one (L, W): steady-state share of the ideal, plus RSS at W=1024."""
+    rates = result.run.rates
+    minimum = THROUGHPUT_TARGETS.get((result.latency, result.workers), 0.0)
+    name = f"L={result.latency:g}s W={result.workers}"
+    verdicts = [
+        Verdict(
+            f"1  throughput {name}",
+            f"{rates.steady / result.ideal:.3f} of ideal "
+            f"(overall {rates.overall / result.ideal:.3f})",
+            f">= {minimum:.2f}",
+            rates.steady / result.ideal >= minimum,
+        )
+    ]
+    if result.workers == 1024:
+        peak = result.run.measured.usage.peak_rss
+        verdicts.append(
+            Verdict(f"1  peak RSS {name}", _mib(peak), "< 300 MB", peak < RSS_LIMIT_AT_1024)
+        )
+    return verdicts
+
+
+def cpu_verdicts(result: CpuResult) -> list[Verdict]:
+    """Target 2: CPU per artist and steady throughput against the bare loop."""
+    cpu_ratio = result.tool.cpu_per_artist / result.bare.cpu_per_artist
+    rate_ratio = result.tool.steady_rate / result.bare.steady_rate
+    name = f"L=0 W={result.workers}"
+    return [
+        Verdict(
+            f"2  CPU/artist tool vs bare {name}",
+            f"{cpu_ratio:.2f}x ({result.tool.cpu_per_artist * 1e3:.2f} vs "
+            f"{result.bare.cpu_per_artist * 1e3:.2f} ms)",
+            f"<= {CPU_RATIO_LIMIT}x",
+            cpu_ratio <= CPU_RATIO_LIMIT,
+        ),
+        Verdict(
+            f"2  throughput tool vs bare {name}",
+            f"{rate_ratio:.2f}x ({result.tool.steady_rate:.0f} vs "
+            f"{result.bare.steady_rate:.0f} /s)",
+            f">= {RATE_RATIO_MIN}x",
+            rate_ratio >= RATE_RATIO_MIN,
+        ),
+    ]
+
+
+def memory_verdicts(result: MemoryResult) -> list[Verdict]:
+    """Target 3: peak RSS of the large job within 5% of the small one's."""
+    return [
+        Verdict(
+            f"3  peak RSS {result.large:,} vs {result.small:,} artists",
+            f"{result.growth:+.1%} ({_mib(result.large_rss)} vs {_mib(result.small_rss)})",
+            f"<= +{RSS_GROWTH_LIMIT:.0%}",
+            result.growth <= RSS_GROWTH_LIMIT,
+        )
+    ]
+
+
+def resume_verdicts(result: ResumeResult) -> list[Verdict]:
+    """Target 4: start-up time and memory of a resume over many done artists."""
+    big = result.big
+    return [
+        Verdict(
+            f"4  --resume over {big.done:,} done: start",
+            f"{big.time_to_first_request:.2f} s to first request",
+            f"<= {RESUME_START_LIMIT:g} s",
+            big.time_to_first_request <= RESUME_START_LIMIT,
+        ),
+        Verdict(
+            f"4  --resume over {big.done:,} done: done set",
+            f"{_mib(result.done_set_bytes)} RSS growth",
+            "< 150 MB",
+            result.done_set_bytes < DONE_SET_LIMIT,
+        ),
+    ]
+
+
+def table(verdicts: list[Verdict]) -> str:
+    """The verdicts as an aligned text table."""
+    header = ("target", "measured", "goal", "verdict")
+    rows = [(v.target, v.measured, v.limit, v.label) for v in verdicts]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(header))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# -- details ---------------------------------------------------------------------------------------
+
+
+def _load_text(load: WindowLoad) -> str:
+    """CPU use in the steady window, with a warning when it undermines the figures."""
+    notes = []
+    if load.server_cores >= SERVER_BUSY_CORES:
+        notes.append("the fake server is near one core: it may be the bottleneck")
+    if load.machine_busy >= MACHINE_BUSY:
+        notes.append("machine CPU saturated")
+    if load.other_cores >= OTHER_BUSY_CORES:
+        notes.append(f"other processes used {load.other_cores:.2f} cores: machine not idle")
+    text = (
+        f"fake server {load.server_cores:.2f} cores, PostgreSQL {load.postgres_cores:.2f}, "
+        f"other {load.other_cores:.2f}, machine {load.machine_busy:.0%} busy"
+    )
+    return text + (f"  [{'; '.join(notes)}]" if notes else "")
+
+
+def throughput_details(result: ThroughputResult) -> str:
+    """Counts, rates and CPU loads behind a target-1 verdict."""
+    run = result.run
+    rates, load, window = run.rates, run.load, run.rates.steady_window
+    measured = run.measured
+    cpu_ms = measured.child.cpu_between(window.start, window.end) / max(rates.steady_completed, 1)
+    return (
+        f"L={result.latency:g}s W={result.workers}: {result.count:,} artists, ideal "
+        f"{result.ideal:.0f}/s, overall {rates.overall:.1f}/s, steady {rates.steady:.1f}/s over "
+        f"{window.seconds:.0f} s; first request {measured.first_request - measured.spawned:.2f} s "
+        f"after start; server saw {measured.server_stats.concurrent_max} concurrent"
+        f"{f'; {run.failed} artists failed' if run.failed else ''}\n"
+        f"    tool peak RSS {_mib(measured.usage.peak_rss)}; steady-state CPU: tool "
+        f"{load.child_cores:.2f} cores ({cpu_ms * 1e3:.2f} ms/artist), {_load_text(load)}"
+    )
+
+
+def _loop_line(name: str, figures: LoopFigures) -> str:
+    load = figures.load
+    return (
+        f"    {name} ({figures.runs} run{'s' if figures.runs > 1 else ''}): steady "
+        f"{figures.steady_rate:.0f}/s (overall {figures.overall_rate:.0f}/s), "
+        f"CPU {figures.cpu_per_artist * 1e3:.2f} ms/artist steady "
+        f"({figures.total_cpu_per_artist * 1e3:.2f} ms incl. start-up), peak RSS "
+        f"{_mib(figures.peak_rss)}\n      process {load.child_cores:.2f} cores, {_load_text(load)}"
+    )
+
+
+def cpu_details(result: CpuResult) -> str:
+    """Both sides of the L=0 comparison."""
+    return "\n".join(
+        [
+            f"L=0 W={result.workers}, {result.count:,} artists each:",
+            _loop_line("tool", result.tool),
+            _loop_line("bare", result.bare),
+        ]
+    )
+
+
+def memory_details(result: MemoryResult) -> str:
+    """Peak RSS of both jobs."""
+    return (
+        f"L={result.latency:g}s W={result.workers}: peak RSS {_mib(result.small_rss)} for "
+        f"{result.small:,} artists, {_mib(result.large_rss)} for {result.large:,} "
+        f"({result.growth:+.1%}); large job sampled RSS {_mib(result.large_rss_half)} at half of "
+        f"the commits, {_mib(result.large_rss_last_commit)} at the last commit"
+    )
+
+
+def resume_details(result: ResumeResult) -> str:
+    """Both resumes, and how the big job was built."""
+    big, base = result.big, result.baseline
+    return (
+        f"--resume over {big.done:,} done + {big.new} new: first request after "
+        f"{big.time_to_first_request:.2f} s, whole run {big.wall:.2f} s, peak RSS "
+        f"{_mib(big.peak_rss)}\n"
+        f"    baseline over {base.done:,} done + {base.new} new: first request after "
+        f"{base.time_to_first_request:.2f} s, peak RSS {_mib(base.peak_rss)}\n"
+        f"    done-ids query plan: {result.plan}; job built in {result.setup_seconds:.0f} s"
+    )
+
+
+NOTES = """\
+notes: steady = completions from (first request + max(2L, 10% of the run)) to (last completion -
+max(L, 10%)) divided by that span; overall = all completions / (last completion - first request).
+Target 1 is judged on the steady rate. CPU figures are the measured process's own user+system
+time (/proc/<pid>/stat, steady window); peak RSS is its ru_maxrss (wait4). The fake server,
+PostgreSQL and the bare loop run in processes of their own; "other" is the rest of the
+machine's busy time (other users' processes, the kernel, this driver)."""

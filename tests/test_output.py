@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 import threading
@@ -235,3 +236,59 @@ def test_lock_file_is_kept_after_use(tmp_path: Path) -> None:
     append_jsonl_response(_response(1), out, "p")
     # Deleting lock files lets two writers lock two different inodes.
     assert (tmp_path / "out.jsonl.lock").exists()
+
+
+def test_a_failed_group_write_fails_every_line_of_it_and_nothing_hangs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines sharing a failed write all raise; the file keeps only whole lines; the writer
+    goes on working afterwards."""
+    import errno
+
+    import artist_bio_gen.core.output as output
+
+    out = tmp_path / "out.jsonl"
+    real_write = os.write
+    gate = threading.Event()
+    calls = {"n": 0}
+
+    def flaky_write(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            gate.wait(5)  # hold the first batch so the others queue up behind it
+            return real_write(fd, data)
+        if calls["n"] == 2:
+            real_write(fd, data[: len(data) // 2])  # half of the second batch, then ENOSPC
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(output.os, "write", flaky_write)
+    results: dict[int, str] = {}
+    with JsonlWriter(out) as writer:
+
+        def worker(index: int) -> None:
+            try:
+                writer.append(_response(index), "p")
+                results[index] = "ok"
+            except OutputWriteError:
+                results[index] = "failed"
+
+        first = threading.Thread(target=worker, args=(0,))
+        first.start()
+        while calls["n"] == 0:
+            pass
+        others = [threading.Thread(target=worker, args=(i,)) for i in range(1, 9)]
+        for thread in others:
+            thread.start()
+        gate.set()
+        for thread in [first, *others]:
+            thread.join(10)
+            assert not thread.is_alive(), "a writer thread hung"
+        writer.append(_response(99), "p")  # the writer still works
+    assert results[0] == "ok"
+    failed = [i for i, r in results.items() if r == "failed"]
+    assert failed, "the second batch should have failed"
+    records = read_jsonl(out)  # whole lines only: the half-written batch was cut
+    assert {r["response_id"] for r in records} == {
+        f"resp_{i}" for i, r in results.items() if r == "ok"
+    } | {"resp_99"}

@@ -70,6 +70,8 @@ class _Session:
     txlog: TransactionLog | None = None
     #: Workers still running when the run returned: their files must stay open.
     abandoned: int = 0
+    #: The writer's (lines, bytes) counters when the manifest's checkpoint was saved.
+    mark: tuple[int, int] = (0, 0)
 
 
 def run_job(
@@ -181,11 +183,18 @@ def _open_outputs(session: _Session) -> None:
     _reconcile(session)
 
 
-def _reconcile(session: _Session) -> None:
+def _reconcile(session: _Session, *, end_of_run: bool = False) -> None:
     assert session.manifest is not None and session.writer is not None
-    result, manifest = reconcile(session.manifest, session.store, session.writer)
+    writer = session.writer
+    appended = None
+    if end_of_run:
+        lines, size = session.mark
+        appended = (writer.appended_lines - lines, writer.appended_bytes - size)
+    result, manifest = reconcile(session.manifest, session.store, writer, appended)
     session.manifest = manifest
     write_manifest(session.paths, manifest)
+    # What the writer has appended so far is covered by the checkpoint just saved.
+    session.mark = (writer.appended_lines, writer.appended_bytes)
     logger.debug("reconciled: %d lines scanned, %d appended", result.scanned_lines, result.appended)
 
 
@@ -257,7 +266,7 @@ def _process(
     session.abandoned = tally.abandoned
     if tally.abandoned == 0:
         # Quiet now (no worker can append), so the checkpoint is exact.
-        _reconcile(session)
+        _reconcile(session, end_of_run=True)
     return RunResult(stats, control.error, control.interrupted, tally.abandoned, manifest.job_id)
 
 

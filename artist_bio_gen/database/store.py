@@ -217,6 +217,15 @@ class BioStore:
                 f"SELECT count(*) FROM {LEDGER_TABLE} WHERE job_id = %s", (job_id,)
             ).fetchone()[0]
 
+    def rows_after(self, job_id: str, seq: int) -> tuple[int, int]:
+        """(count, highest seq) of the job's rows committed after ``seq``."""
+        with self._pool.connection() as conn:
+            count, last = conn.execute(
+                f"SELECT count(*), max(seq) FROM {LEDGER_TABLE} WHERE job_id = %s AND seq > %s",
+                (job_id, seq),
+            ).fetchone()
+        return int(count), int(last or 0)
+
     def missing_from_ledger(self, job_id: str, artist_ids: list[str]) -> list[str]:
         """Those of ``artist_ids`` that have no ledger row for the job."""
         if not artist_ids:

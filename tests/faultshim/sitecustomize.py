@@ -57,10 +57,16 @@ def _die(point: str, n: int, artist_id: str | None, artist_name: str | None = No
     threading.Event().wait()  # SIGKILL is asynchronous in theory; never return to the caller
 
 
-def _line_artist_id(line: bytes) -> str | None:
-    """The ``artist_id`` of an encoded JSONL line (None if it does not parse)."""
+def _last_line_start(data: bytes) -> int:
+    """Offset of the last line in ``data`` (a write may carry several whole lines: the
+    writer's group commit joins lines that are ready at the same moment)."""
+    return data.rstrip(b"\n").rfind(b"\n") + 1
+
+
+def _line_artist_id(data: bytes) -> str | None:
+    """The ``artist_id`` of the last encoded JSONL line of ``data`` (None if unparseable)."""
     try:
-        return str(json.loads(line)["artist_id"])
+        return str(json.loads(data[_last_line_start(data) :])["artist_id"])
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -121,8 +127,9 @@ class _OsProxy:
             return _real_write(fd, data)
         line = bytes(data)
         if self._point == "mid_write":
-            half = max(1, len(line) // 2)
-            _real_write(fd, line[:half])
+            # Cut inside the last line, so the file ends in a torn line whatever the batch.
+            start = _last_line_start(line)
+            _real_write(fd, line[: start + max(1, (len(line) - start) // 2)])
             _die(self._point, self._n, _line_artist_id(line))
         written = _real_write(fd, line)
         self._armed_fd, self._armed_line = fd, line

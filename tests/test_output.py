@@ -128,19 +128,24 @@ def test_opening_truncates_a_torn_tail(tmp_path: Path) -> None:
     assert [r["response_id"] for r in read_jsonl(out)] == ["resp_1", "resp_3"]
 
 
+def _append_from_8_threads(writer: JsonlWriter) -> None:
+    """8 threads x 500 appends through one writer (responses 0-499, 1000-1499, ...)."""
+
+    def worker(base: int) -> None:
+        for i in range(500):
+            writer.append(_response(base + i), "p")
+
+    threads = [threading.Thread(target=worker, args=(t * 1000,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def test_threads_append_whole_lines(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     with JsonlWriter(out) as writer:
-
-        def worker(base: int) -> None:
-            for i in range(500):
-                writer.append(_response(base + i), "p")
-
-        threads = [threading.Thread(target=worker, args=(t * 1000,)) for t in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        _append_from_8_threads(writer)
     records = read_jsonl(out)
     assert len(records) == 4000
     assert {r["response_id"] for r in records} == {
@@ -163,16 +168,7 @@ def test_threads_and_processes_together_write_6000_whole_lines(tmp_path: Path) -
     for process in processes:
         process.start()
     with JsonlWriter(out) as writer:
-
-        def worker(base: int) -> None:
-            for i in range(500):
-                writer.append(_response(base + i), "p")
-
-        threads = [threading.Thread(target=worker, args=(t * 1000,)) for t in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        _append_from_8_threads(writer)
     for process in processes:
         process.join(timeout=120)
         assert process.exitcode == 0

@@ -243,6 +243,22 @@ def _error_payload(fault: str, **fields: Any) -> dict[str, Any]:
     return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
 
 
+def _wait_readable(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """The sockets of `socks` that become readable (or hung up) within `timeout` seconds.
+
+    Not select.select(): it raises ValueError for descriptors >= 1024 (FD_SETSIZE), which a
+    server with ~1000 keep-alive connections reaches, and the handler would then drop the
+    connection without an answer. poll() has no such limit.
+    """
+    if not hasattr(select, "poll"):  # Windows: select() there has no descriptor-number limit
+        return select.select(socks, [], [], timeout)[0]
+    poller = select.poll()
+    by_fd = {sock.fileno(): sock for sock in socks}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
+    return [by_fd[fd] for fd, _ in poller.poll(max(timeout, 0.0) * 1000.0)]
+
+
 class RequestRecord(NamedTuple):
     """One request as seen by the fake: artist name, fault applied, `time.monotonic()` arrival."""
 
@@ -411,9 +427,9 @@ class _Handler(BaseHTTPRequestHandler):
         deadline = time.monotonic() + seconds
         wakeup = self.server.fake._wakeup
         while (left := deadline - time.monotonic()) > 0:
-            # Sleeping in select() instead of time.sleep() lets a hung-up client or stop() end
+            # Sleeping in poll() instead of time.sleep() lets a hung-up client or stop() end
             # the wait at once, without 1000 parked threads polling.
-            readable, _, _ = select.select([self.connection, wakeup], [], [], left)
+            readable = _wait_readable([self.connection, wakeup], left)
             if wakeup in readable or (readable and self._client_gone()):
                 return False
             if readable:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -531,3 +533,24 @@ def test_stop_unblocks_held_requests_and_is_idempotent() -> None:
     fake.stop()
     with pytest.raises(RuntimeError):
         _ = fake.base_url
+
+
+def test_latency_on_a_connection_above_descriptor_1024(
+    fake: FakeOpenAI, make_client: MakeClient
+) -> None:
+    # With ~1000 keep-alive connections the server's sockets get descriptors >= 1024, which
+    # select.select() rejects (FD_SETSIZE): the fake used to drop such a connection without
+    # an answer while it waited out the latency (connection_error at 1,024 workers).
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200:
+        pytest.skip("needs a file-descriptor limit above 1200")
+    fake.latency = 0.05
+    filler: list[int] = []
+    try:
+        while not filler or filler[-1] < 1030:
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+        response = ask(make_client(), "High Descriptor")  # server side: a descriptor >= 1030
+    finally:
+        for fd in filler:
+            os.close(fd)
+    assert response.output_text == bio_for("High Descriptor")
+    assert fake.total_requests == 1

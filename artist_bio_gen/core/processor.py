@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from ..api.client import ApiCallError, Generated, call_openai_api
+from ..api.client import ApiCallError, ClientPool, Generated, call_openai_api
 from ..api.request import PromptSettings
 from ..database.connection import first_line
 from ..database.store import BioRow, BioStore
@@ -59,7 +59,8 @@ class Pipeline:
 
     job_id: str
     settings: PromptSettings
-    client: openai.OpenAI | None
+    #: A ``ClientPool`` (each worker thread uses its own pinned client) or one SDK client.
+    client: ClientPool | openai.OpenAI | None
     store: BioStore | None
     writer: JsonlWriter
     failures: FailureLog

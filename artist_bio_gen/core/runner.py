@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from psycopg_pool import ConnectionPool
 
-from ..api.client import create_openai_client
+from ..api.client import create_client_pool
 from ..config import Config, check_runnable
 from ..database.connection import create_db_connection_pool, describe_database
 from ..database.schema import ensure_ledger, inspect_target_table
@@ -265,6 +265,8 @@ def _process(
         )
     session.abandoned = tally.abandoned
     if tally.abandoned == 0:
+        # Abandoned workers may still be inside an API call: their clients stay open then.
+        _close_api_clients(pipeline)
         # Quiet now (no worker can append), so the checkpoint is exact.
         _reconcile(session, end_of_run=True)
     return RunResult(stats, control.error, control.interrupted, tally.abandoned, manifest.job_id)
@@ -278,12 +280,12 @@ def _log_start(done_count: int, to_go: int | None) -> None:
 def _pipeline(session: _Session, attempts: dict[str, int]) -> Pipeline:
     config, manifest = session.config, session.manifest
     assert manifest and session.writer and session.failures and session.txlog
-    client = create_openai_client(
+    client = create_client_pool(
         config.api_key,
         config.base_url,
+        workers=config.max_workers,
         timeout=config.request_timeout,
         max_retries=config.max_retries,
-        max_connections=config.max_workers,
     )
     return Pipeline(
         job_id=manifest.job_id,
@@ -297,6 +299,13 @@ def _pipeline(session: _Session, attempts: dict[str, int]) -> Pipeline:
         api_key=config.api_key,
         previous_attempts=attempts,
     )
+
+
+def _close_api_clients(pipeline: Pipeline) -> None:
+    """Close the API clients' connections (every client of a ``ClientPool``)."""
+    if pipeline.client is not None:
+        with contextlib.suppress(Exception):  # the bios are committed; a close error is moot
+            pipeline.client.close()
 
 
 def _stats(reader: ArtistReader, tally: Tally, elapsed: float, given_up: int) -> ProcessingStats:

@@ -288,3 +288,28 @@ def test_a_failed_group_write_fails_every_line_of_it_and_nothing_hangs(
     assert {r["response_id"] for r in records} == {
         f"resp_{i}" for i, r in results.items() if r == "ok"
     } | {"resp_99"}
+
+
+def test_a_writer_holding_the_lock_keeps_other_processes_waiting(tmp_path: Path) -> None:
+    """hold_lock (what a run uses) keeps the cross-process lock from open to close: another
+    process's append waits, then lands whole after it."""
+    out = tmp_path / "out.jsonl"
+    script = (
+        "import sys\n"
+        "from tests.test_output import _response\n"
+        "from artist_bio_gen.core.output import append_jsonl_response\n"
+        "append_jsonl_response(_response(2), sys.argv[1], 'p')\n"
+    )
+    writer = JsonlWriter(out, hold_lock=True)
+    writer.append(_response(1), "p")
+    other = subprocess.Popen(
+        [sys.executable, "-c", script, str(out)], cwd=Path(__file__).parent.parent
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            other.wait(timeout=2)  # blocked on the lock the writer holds
+        assert [r["response_id"] for r in read_jsonl(out)] == ["resp_1"]
+    finally:
+        writer.close()
+    assert other.wait(timeout=30) == 0
+    assert [r["response_id"] for r in read_jsonl(out)] == ["resp_1", "resp_2"]

@@ -202,7 +202,21 @@ class _GroupCommit:
 class JsonlWriter:
     """Appends whole lines to one JSONL file; safe across threads and processes."""
 
-    def __init__(self, path: Path | str, *, fsync_interval: float = 0.0, create: bool = True):
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        fsync_interval: float = 0.0,
+        create: bool = True,
+        hold_lock: bool = False,
+    ):
+        """Open ``path`` for appending (created unless ``create`` is False).
+
+        ``hold_lock`` keeps the cross-process append lock from open to close instead of
+        taking it per write: for a run that owns the file for its whole life (the run lock
+        already keeps other runs away), this saves the lock's cost on every line, about a
+        tenth of the tool's CPU per artist. Other processes appending meanwhile wait.
+        """
         self.path = Path(path)
         self._fsync_interval = fsync_interval
         self._thread_lock = threading.Lock()
@@ -218,6 +232,10 @@ class JsonlWriter:
         #: Lines and bytes appended through this writer (recovery compares them).
         self.appended_lines = 0
         self.appended_bytes = 0
+        self._held = False
+        if hold_lock:
+            self._file_lock.acquire()
+            self._held = True
         with self._locked():
             #: Bytes of torn lines cut since this writer opened the file.
             self.repaired_bytes = _truncate_torn_tail(self._fd, self.path)
@@ -231,8 +249,12 @@ class JsonlWriter:
     def _locked(self) -> Iterator[None]:
         # The thread lock first: threads of this process queue on it instead of polling the
         # file lock, which is only contended by other processes.
-        with self._thread_lock, self._file_lock:
-            yield
+        with self._thread_lock:
+            if self._held:
+                yield
+                return
+            with self._file_lock:
+                yield
 
     def append(
         self, response: ApiResponse, prompt_id: str | None, version: str | None = None
@@ -342,6 +364,9 @@ class JsonlWriter:
             self._flusher.join()
         self.flush()
         os.close(self._fd)
+        if self._held:
+            self._held = False
+            self._file_lock.release()
 
     def __enter__(self) -> JsonlWriter:
         return self

@@ -171,7 +171,7 @@ def _check_before_spending(session: _Session) -> None:
 
 def _open_outputs(session: _Session) -> None:
     config, paths = session.config, session.paths
-    session.writer = JsonlWriter(paths.output, fsync_interval=config.fsync_interval)
+    session.writer = JsonlWriter(paths.output, fsync_interval=config.fsync_interval, hold_lock=True)
     if session.manifest is None:
         legacy_prefix = paths.output.stat().st_size if config.resume else 0
         session.manifest = new_manifest(config, new_job_id(), legacy_prefix)

@@ -37,13 +37,17 @@ if [[ "$status" != online* ]]; then
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start >&2
 fi
 
+# A password unlike the role name: the tool scrubs passwords from its output, and a password
+# equal to the user name would scrub the user name too, which hides what tests should see.
 role=abg_test
-password=abg_test
+password=abg_test_pw
 as_root runuser -u postgres -- psql -p "$port" -qtAX -v ON_ERROR_STOP=1 >&2 <<SQL
 DO \$\$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN
         CREATE ROLE $role LOGIN SUPERUSER PASSWORD '$password';
+    ELSE
+        ALTER ROLE $role LOGIN SUPERUSER PASSWORD '$password';
     END IF;
 END
 \$\$;

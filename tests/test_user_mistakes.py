@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -68,7 +69,11 @@ def test_unreachable_database(csv_file: Path, fake_openai: FakeOpenAI) -> None:
 
 
 def test_wrong_password(csv_file: Path, database: TestDatabase, fake_openai: FakeOpenAI) -> None:
-    url = database.url.replace("abg_test:abg_test@", "abg_test:wrong-password-xyz@")
+    parts = urlsplit(database.url)
+    assert parts.password, "the test database URL must carry a password for this test"
+    url = parts._replace(
+        netloc=f"{parts.username}:wrong-password-xyz@{parts.hostname}:{parts.port}"
+    ).geturl()
     result = run_cli(["--input", str(csv_file), "--prompt-id", "p"], env=cli_env(DATABASE_URL=url))
     _assert_clean_failure(
         result,

@@ -120,12 +120,13 @@ class _Lookup:
 
 
 def _describe(parse: Callable) -> str:
-    return {int: "a whole number", float: "a number", _parse_bool: "true or false"}.get(
+    return {int: "a whole number", float: "a number", parse_bool: "true or false"}.get(
         parse, "a value"
     )
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """true/false, 1/0, yes/no, on/off (any case); ValueError otherwise."""
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
@@ -283,7 +284,7 @@ def _database(args: argparse.Namespace, lookup: _Lookup, workers: int) -> Databa
 
 def _quota(lookup: _Lookup) -> QuotaSettings:
     return QuotaSettings(
-        monitoring=lookup.get("quota_monitoring", "QUOTA_MONITORING", True, _parse_bool),
+        monitoring=lookup.get("quota_monitoring", "QUOTA_MONITORING", True, parse_bool),
         threshold=_in_range(
             "--quota-threshold",
             lookup.get("quota_threshold", "QUOTA_THRESHOLD", 0.8, float),

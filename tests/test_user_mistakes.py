@@ -137,6 +137,7 @@ def test_existing_output_without_resume_is_refused_and_kept(csv_file: Path, tmp_
         (["--no-db", "--skip-existing"], "--skip-existing needs the database"),
         (["--max-workers", "0"], "--max-workers must be between 1 and 4096"),
         (["--quota-threshold", "2"], "--quota-threshold must be between 0.1 and 1.0"),
+        (["--quota-monitoring", "maybe"], "expected true or false, got 'maybe'"),
     ],
 )
 def test_bad_flag_combinations(csv_file: Path, flags: list[str], fragment: str) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from .. import exit_codes
-from ..config import DEFAULT_OUTPUT, Config, load_environment, resolve_config
+from ..config import DEFAULT_OUTPUT, Config, load_environment, parse_bool, resolve_config
 from ..core.dryrun import dry_run
 from ..core.paths import JobPaths
 from ..core.processor import RunControl
@@ -252,12 +252,10 @@ def _add_quota_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _bool_arg(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in {"true", "1", "yes", "on"}:
-        return True
-    if lowered in {"false", "0", "no", "off"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    try:
+        return parse_bool(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -170,6 +170,13 @@ def test_bad_environment_value(csv_file: Path) -> None:
     )
 
 
+def test_transaction_log_in_a_missing_directory(csv_file: Path, tmp_path: Path) -> None:
+    args = ["--input", str(csv_file), "--prompt-id", "p", "--no-db"]
+    result = run_cli([*args, "--transaction-log", "nope/tx.jsonl"])
+    _assert_clean_failure(result, exit_codes.EXIT_INPUT_ERROR, "--transaction-log")
+    assert not (tmp_path / "out.job.json").exists()  # nothing written: a corrected run starts
+
+
 def test_output_in_a_missing_directory(csv_file: Path) -> None:
     result = run_cli(
         [

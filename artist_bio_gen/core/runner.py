@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from psycopg_pool import ConnectionPool
 
@@ -88,6 +89,7 @@ def run_job(
     """
     paths = JobPaths(config.output_path)
     _check_output_location(paths)
+    _check_transaction_log(config.transaction_log)
     with RunLock(paths.run_lock) as lock, _closing(_Session(config, paths, None)) as session:
         _decide_job(session)
         _check_before_spending(session)
@@ -108,6 +110,12 @@ def _check_output_location(paths: JobPaths) -> None:
         )
     if not output.parent.resolve().is_dir():
         raise UsageError(f"The directory of --output '{output}' does not exist; create it first.")
+
+
+def _check_transaction_log(path: Path | None) -> None:
+    # Checked before anything is written: a bad path found later would leave a manifest.
+    if path is not None and (path.is_dir() or not path.parent.resolve().is_dir()):
+        raise UsageError(f"--transaction-log '{path}' must be a file in an existing directory.")
 
 
 def _decide_job(session: _Session) -> None:

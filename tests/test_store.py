@@ -150,3 +150,45 @@ def test_legacy_update_artist_bio(database: TestDatabase) -> None:
         failed = update_artist_bio(conn, "not-a-uuid", "x")
     assert failed.success is False and "uuid" in (failed.error or "")
     assert database.bios()[artist.artist_id] == "Legacy bio."
+
+
+def _drop_connection_around_commit(
+    monkeypatch: pytest.MonkeyPatch, *, after_commit: bool
+) -> list[int]:
+    """Make the first commit statement fail as if the connection dropped, either after the
+    server committed it (outcome unknown to us) or before it was sent. Returns a list that
+    counts how often the commit statement really reached the server."""
+    real_execute = psycopg.Connection.execute
+    sent: list[int] = []
+
+    def execute(self, query, params=None, **kwargs):  # type: ignore[no-untyped-def]
+        is_commit = "INSERT INTO" in str(getattr(query, "as_string", lambda _: query)(self))
+        if is_commit and not sent and not after_commit:
+            sent.append(0)
+            raise psycopg.OperationalError("connection lost before sending (simulated)")
+        cursor = real_execute(self, query, params, **kwargs)
+        if is_commit:
+            sent.append(1)
+            if len(sent) == 1 and after_commit:
+                cursor.fetchone()
+                raise psycopg.OperationalError("server closed the connection (simulated)")
+        return cursor
+
+    monkeypatch.setattr(psycopg.Connection, "execute", execute)
+    return sent
+
+
+@pytest.mark.parametrize("after_commit", [True, False], ids=["lost-after-commit", "lost-before"])
+def test_a_lost_connection_during_commit_is_resolved_by_checking_the_row(
+    store: BioStore, database: TestDatabase, monkeypatch: pytest.MonkeyPatch, after_commit: bool
+) -> None:
+    """Unknown outcome: the retry looks the row up first and never writes twice."""
+    artist = make_artists(1, seed=37)[0]
+    database.seed([artist])
+    sent = _drop_connection_around_commit(monkeypatch, after_commit=after_commit)
+    committed = store.commit(_row(artist.artist_id, "Only bio."))
+    assert committed.response_text == "Only bio." and committed.db_status == "updated"
+    # After a commit that did land, the retry found the row and did not send it again.
+    assert sum(sent) == 1
+    assert len(database.ledger()) == 1
+    assert database.bios()[artist.artist_id] == "Only bio."

@@ -440,5 +440,7 @@ def test_estimate_rows_is_an_upper_bound_without_the_header(tmp_path: Path) -> N
     assert estimate_rows(path) == 3  # an estimate: the comment counts
     path.write_bytes(b"00000000-0000-4000-8000-000000000001,A")
     assert estimate_rows(path) == 1
+    path.write_bytes(b"artist_id,artist_name\n" + rows + b"00000000-0000-4000-8000-000000000003,C")
+    assert estimate_rows(path) == 3  # a last line without its newline still counts
     path.write_bytes(b"")
     assert estimate_rows(path) == 0

@@ -298,16 +298,18 @@ def estimate_rows(path: str | os.PathLike[str]) -> int:
     blocks: about 0.02 s per million lines.
     """
     lines = 0
+    last = b"\n"
     with open(path, "rb") as handle:
         first = handle.readline()
-        lines += first.endswith(b"\n")
+        handle.seek(0)
         while block := handle.read(1 << 20):
             lines += block.count(b"\n")
+            last = block[-1:]
+    if last != b"\n":
+        lines += 1  # the last line has no newline of its own
     head = first.lstrip(b"\xef\xbb\xbf").split(b",", 1)[0].strip().lower()
     if head.decode("utf-8", "replace") in HEADER_NAMES:
         lines -= 1
-    elif first and not first.endswith(b"\n"):
-        lines += 1  # a last line without its newline
     return max(lines, 0)
 
 

@@ -6,16 +6,17 @@ The names below are the legacy public API; existing scripts import them from her
 
 from .api.client import call_openai_api, create_openai_client
 from .cli.main import create_argument_parser, main
-from .core.output import (
+from .core.legacy import (
     append_jsonl_response,
     get_processed_artist_ids,
     initialize_jsonl_output,
+    parse_input_file,
+    update_artist_bio,
+    validate_database_url,
     write_jsonl_output,
 )
-from .core.parser import parse_input_file
 from .core.processor import process_artists_concurrent
-from .database.connection import create_db_connection_pool, validate_database_url
-from .database.store import update_artist_bio
+from .database.connection import create_db_connection_pool
 from .exit_codes import (
     EXIT_API_FAILURES,
     EXIT_CONFIG_ERROR,

@@ -3,34 +3,50 @@
 Every setting is looked up in this order (the first that has a value wins):
 
 1. the command line;
-2. the process environment;
-3. ``.env.local`` then ``.env`` in the current directory (python-dotenv, read without
+2. the job manifest, when ``--resume`` continues a recorded job, for the settings that
+   define the job (prompt id and version, model, instructions, database, table,
+   ``--skip-existing``) and for the input file;
+3. the process environment;
+4. ``.env.local`` then ``.env`` in the current directory (python-dotenv, read without
    touching ``os.environ``);
-4. the default.
+5. the default.
 
-With ``--resume`` the job manifest sits between 1 and 2 for the settings that define a job
-(prompt, model, instructions, database, table): see ``core/job.py``.
+On ``--resume`` a job-defining setting given on the command line that differs from the
+manifest is refused (another prompt or table would mix two kinds of bio in one job), and one
+that only comes from the environment is ignored with a warning. Another database is always
+refused: the manifest does not store the URL (it may hold a password), so a job can only be
+continued on the database configured now if that is the one it was started on.
+
+``resolve_config`` builds the one ``Config`` of a run; nothing replaces it afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from dotenv import dotenv_values
 
 from .api.request import DEFAULT_INSTRUCTIONS, PromptSettings
-from .database.connection import require_database_url
+from .database.connection import describe_database, require_database_url
 from .errors import ConfigError, UsageError
-from .models import DatabaseConfig
+from .jobfiles import JobPaths, JobSettings, Manifest, read_manifest
+from .models import DatabaseConfig, JobRef
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = "out.jsonl"
 DEFAULT_TABLE = "artists"
 TEST_TABLE = "test_artists"
 MAX_WORKERS_LIMIT = 4096
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,7 +64,7 @@ class QuotaSettings:
 class Config:
     """Everything a run needs, validated. Safe to share with worker threads."""
 
-    input_path: Path | None
+    input_path: Path
     output_path: Path
     prompt: PromptSettings
     api_key: str | None = field(repr=False)
@@ -68,13 +84,33 @@ class Config:
     dry_run: bool = False
     verbose: bool = False
     quota: QuotaSettings = QuotaSettings()
-    #: Settings given explicitly on the command line (resume refuses conflicting ones).
-    cli_given: frozenset[str] = frozenset()
+    #: The id of the recorded job this configuration continues (``--resume`` of a job with
+    #: a manifest), else None. The run checks it still is the job beside the output.
+    resumed_job: str | None = None
 
     @property
     def secrets(self) -> tuple[str | None, ...]:
         """Values that must never appear in any output."""
         return (self.api_key, self.db.url if self.db else None, _password(self.db))
+
+    @property
+    def job_settings(self) -> JobSettings:
+        """The settings that define this configuration's bios (recorded in the manifest)."""
+        prompt = self.prompt
+        return JobSettings(
+            prompt_id=prompt.prompt_id,
+            prompt_version=prompt.prompt_version,
+            model=prompt.model,
+            instructions_sha256=None if prompt.uses_stored_prompt else _sha256(prompt.instructions),
+            database=describe_database(self.db.url) if self.db else None,
+            table=self.db.table if self.db else None,
+            skip_existing=self.skip_existing,
+        )
+
+    def job_ref(self, job_id: str) -> JobRef:
+        """What every ledger row of job ``job_id`` records about its prompt."""
+        prompt = self.prompt
+        return JobRef(job_id, prompt.prompt_id, prompt.prompt_version, prompt.model)
 
 
 def _password(db: DatabaseConfig | None) -> str | None:
@@ -82,7 +118,12 @@ def _password(db: DatabaseConfig | None) -> str | None:
         return None
     from psycopg.conninfo import conninfo_to_dict
 
-    return conninfo_to_dict(db.url).get("password")  # type: ignore[return-value]
+    password = conninfo_to_dict(db.url).get("password")
+    return str(password) if password else None
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def load_environment(directory: Path | None = None) -> dict[str, str]:
@@ -95,36 +136,6 @@ def load_environment(directory: Path | None = None) -> dict[str, str]:
     return merged
 
 
-class _Lookup:
-    """CLI value, else environment value (parsed), else default."""
-
-    def __init__(self, args: argparse.Namespace, env: Mapping[str, str]):
-        self.args = args
-        self.env = env
-        self.given: set[str] = set()
-
-    def get(self, name: str, env_name: str | None = None, default=None, parse: Callable = str):
-        value = getattr(self.args, name, None)
-        if value is not None:
-            self.given.add(name)
-            return value
-        raw = self.env.get(env_name, "").strip() if env_name else ""
-        if not raw:
-            return default
-        try:
-            return parse(raw)
-        except ValueError:
-            raise ConfigError(
-                f"{env_name}={raw!r} is not valid; expected {_describe(parse)}."
-            ) from None
-
-
-def _describe(parse: Callable) -> str:
-    return {int: "a whole number", float: "a number", parse_bool: "true or false"}.get(
-        parse, "a value"
-    )
-
-
 def parse_bool(text: str) -> bool:
     """true/false, 1/0, yes/no, on/off (any case); ValueError otherwise."""
     lowered = text.strip().lower()
@@ -135,70 +146,158 @@ def parse_bool(text: str) -> bool:
     raise ValueError(text)
 
 
+def _describe(parse: Callable[[str], Any]) -> str:
+    return {int: "a whole number", float: "a number", parse_bool: "true or false"}.get(
+        parse, "a value"
+    )
+
+
+class _Layers:
+    """The lookup order of the module docstring, for one resolution."""
+
+    def __init__(self, args: argparse.Namespace, env: Mapping[str, str], recorded: Manifest | None):
+        self.args = args
+        self.env = env
+        self.recorded = recorded
+
+    def cli(self, name: str) -> Any:
+        """The command-line value of ``name`` (None when not given)."""
+        return getattr(self.args, name, None)
+
+    def flag(self, name: str) -> bool:
+        """Whether the command-line switch ``name`` was given."""
+        return bool(getattr(self.args, name, False))
+
+    def environment(self, env_name: str, parse: Callable[[str], T]) -> T | None:
+        """The parsed environment value (None when unset or empty)."""
+        raw = self.env.get(env_name, "").strip()
+        if not raw:
+            return None
+        try:
+            return parse(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{env_name}={raw!r} is not valid; expected {_describe(parse)}."
+            ) from None
+
+    def get_optional(self, name: str, env_name: str | None, parse: Callable[[str], T]) -> T | None:
+        """CLI value, else environment value, else None (not a job-defining setting)."""
+        value = self.cli(name)
+        if value is not None:
+            return cast(T, value)  # argparse has converted it with the same parser
+        return self.environment(env_name, parse) if env_name else None
+
+    def get(self, name: str, env_name: str | None, default: T, parse: Callable[[str], T]) -> T:
+        """CLI value, else environment value, else ``default``."""
+        value = self.get_optional(name, env_name, parse)
+        return default if value is None else value
+
+    def job_defined(
+        self, human: str, recorded: T, given: T | None, from_env: T | None, default: T
+    ) -> T:
+        """A setting that defines the job: the recorded value wins on ``--resume``.
+
+        ``given`` is the command-line value (None when not given): one that differs from the
+        record is refused. An environment value that differs is ignored with a warning.
+        """
+        if self.recorded is None:
+            if given is not None:
+                return given
+            return default if from_env is None else from_env
+        if given is not None and given != recorded:
+            raise UsageError(_conflict_message(human, recorded, given))
+        if given is None and from_env is not None and from_env != recorded:
+            logger.warning(
+                "ignoring the %s %r from the environment; this job uses %r",
+                human,
+                from_env,
+                recorded,
+            )
+        return recorded
+
+
+def _conflict_message(human: str, recorded: object, wanted: object) -> str:
+    return (
+        f"This job was started with {human} {recorded!r}; --resume cannot switch it to {wanted!r} "
+        "(that would mix two kinds of bio in one job). Resume without that option, or start a "
+        "new job with another --output."
+    )
+
+
 def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
-    """Validate ``args`` and ``env`` into a ``Config``; raises UsageError / ConfigError."""
-    lookup = _Lookup(args, env)
+    """Validate ``args`` and ``env`` (with ``--resume``, the job manifest) into a ``Config``.
+
+    Raises ``UsageError`` / ``ConfigError`` with a message that says what to do.
+    """
     _check_combinations(args)
+    output_path = Path(getattr(args, "output", None) or DEFAULT_OUTPUT)
+    recorded = read_manifest(JobPaths(output_path)) if args.resume else None
+    layers = _Layers(args, env, recorded)
     workers = _in_range(
-        "--max-workers", lookup.get("max_workers", "MAX_WORKERS", 4, int), 1, MAX_WORKERS_LIMIT
+        "--max-workers", layers.get("max_workers", "MAX_WORKERS", 4, int), 1, MAX_WORKERS_LIMIT
     )
     config = Config(
-        input_path=_path(getattr(args, "input", None)),
-        output_path=Path(getattr(args, "output", None) or DEFAULT_OUTPUT),
-        prompt=_prompt_settings(args, lookup),
-        api_key=lookup.get("openai_api_key", "OPENAI_API_KEY"),
-        base_url=lookup.get("base_url", "OPENAI_BASE_URL"),
-        db=_database(args, lookup, workers),
+        input_path=_input_path(layers, output_path),
+        output_path=output_path,
+        prompt=_prompt_settings(layers),
+        api_key=layers.get_optional("openai_api_key", "OPENAI_API_KEY", str),
+        base_url=layers.get_optional("base_url", "OPENAI_BASE_URL", str),
+        db=_database(layers, workers),
         max_workers=workers,
         request_timeout=_positive(
-            "--request-timeout", lookup.get("request_timeout", "OPENAI_TIMEOUT", 120.0, float)
+            "--request-timeout", layers.get("request_timeout", "OPENAI_TIMEOUT", 120.0, float)
         ),
         max_retries=_in_range(
-            "--max-retries", lookup.get("max_retries", "OPENAI_MAX_RETRIES", 3, int), 0, 20
+            "--max-retries", layers.get("max_retries", "OPENAI_MAX_RETRIES", 3, int), 0, 20
         ),
-        skip_existing=bool(args.skip_existing),
+        skip_existing=layers.flag("skip_existing")
+        or bool(recorded and recorded.settings.skip_existing),
         fsync_interval=_in_range(
             "--fsync-interval",
-            lookup.get("fsync_interval", "JSONL_FSYNC_INTERVAL", 0.0, float),
+            layers.get("fsync_interval", "JSONL_FSYNC_INTERVAL", 0.0, float),
             0.0,
             60.0,
         ),
         shutdown_grace=_in_range(
-            "--shutdown-grace", lookup.get("shutdown_grace", None, 30.0, float), 0.0, 3600.0
+            "--shutdown-grace", layers.get("shutdown_grace", None, 30.0, float), 0.0, 3600.0
         ),
-        max_attempts=_in_range("--max-attempts", lookup.get("max_attempts", None, 3, int), 1, 1000),
-        retry_failed=bool(getattr(args, "retry_failed", False)),
-        transaction_log=_path(getattr(args, "transaction_log", None)),
+        max_attempts=_in_range("--max-attempts", layers.get("max_attempts", None, 3, int), 1, 1000),
+        retry_failed=layers.flag("retry_failed"),
+        transaction_log=_optional_path(layers.cli("transaction_log")),
         resume=bool(args.resume),
-        overwrite=bool(args.overwrite),
-        dry_run=bool(args.dry_run),
-        verbose=bool(args.verbose),
-        quota=_quota(lookup),
+        overwrite=layers.flag("overwrite"),
+        dry_run=layers.flag("dry_run"),
+        verbose=layers.flag("verbose"),
+        quota=_quota(layers),
+        resumed_job=recorded.job_id if recorded else None,
     )
-    given = set(lookup.given)
-    given.update(
-        name
-        for name in ("test_mode", "db_table", "no_db", "enable_db", "skip_existing")
-        if getattr(args, name, None)
-    )
-    return _finish(config, given)
-
-
-def _finish(config: Config, given: set[str]) -> Config:
-    from dataclasses import replace
-
-    config = replace(config, cli_given=frozenset(given))
-    if not config.resume:
-        check_runnable(config)
+    _check_runnable(config)
     return config
 
 
-def check_runnable(config: Config) -> None:
-    """The checks that need the final settings (after a resume merged the manifest)."""
-    if config.input_path is None:
+def _input_path(layers: _Layers, output: Path) -> Path:
+    given = layers.cli("input")
+    if given:
+        return Path(given)
+    if layers.recorded is not None:
+        return Path(layers.recorded.input)
+    if layers.flag("resume") and not _has_lines(output):
+        manifest = JobPaths(output).manifest
         raise UsageError(
-            "No input file given; pass --input PATH (a CSV of artist_id,artist_name[,artist_data])."
+            f"Nothing to resume: {output} has no job (no {manifest.name}); "
+            "start one with --input PATH."
         )
+    raise UsageError(
+        "No input file given; pass --input PATH (a CSV of artist_id,artist_name[,artist_data])."
+    )
+
+
+def _has_lines(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
+
+
+def _check_runnable(config: Config) -> None:
+    """The checks that need the final settings."""
     if not config.prompt.prompt_id and not config.prompt.model:
         raise ConfigError(
             "No prompt configured; pass --prompt-id (or set OPENAI_PROMPT_ID) for a stored prompt, "
@@ -235,10 +334,20 @@ def _check_combinations(args: argparse.Namespace) -> None:
             raise UsageError(message)
 
 
-def _prompt_settings(args: argparse.Namespace, lookup: _Lookup) -> PromptSettings:
-    prompt_id = lookup.get("prompt_id", "OPENAI_PROMPT_ID")
-    model = lookup.get("model", "OPENAI_MODEL")
-    instructions_file = getattr(args, "instructions_file", None)
+def _prompt_settings(layers: _Layers) -> PromptSettings:
+    recorded = layers.recorded.settings if layers.recorded else None
+
+    def job_text(name: str, env_name: str, human: str) -> str | None:
+        return layers.job_defined(
+            human,
+            getattr(recorded, name, None),
+            layers.cli(name),
+            layers.environment(env_name, str),
+            None,
+        )
+
+    prompt_id = job_text("prompt_id", "OPENAI_PROMPT_ID", "prompt id")
+    instructions_file = layers.cli("instructions_file")
     if instructions_file and prompt_id:
         raise UsageError(
             "--instructions-file applies to --model requests; a stored prompt (--prompt-id) "
@@ -246,12 +355,21 @@ def _prompt_settings(args: argparse.Namespace, lookup: _Lookup) -> PromptSetting
         )
     return PromptSettings(
         prompt_id=prompt_id,
-        prompt_version=lookup.get("prompt_version", "OPENAI_PROMPT_VERSION"),
-        model=model,
-        instructions=_read_instructions(instructions_file)
-        if instructions_file
-        else DEFAULT_INSTRUCTIONS,
+        prompt_version=job_text("prompt_version", "OPENAI_PROMPT_VERSION", "prompt version"),
+        model=job_text("model", "OPENAI_MODEL", "model"),
+        instructions=_instructions(layers, instructions_file),
     )
+
+
+def _instructions(layers: _Layers, instructions_file: str | None) -> str:
+    given = _read_instructions(instructions_file) if instructions_file else None
+    recorded = layers.recorded
+    if recorded is None:
+        return given or DEFAULT_INSTRUCTIONS
+    wanted = recorded.settings.instructions_sha256
+    if given is not None and _sha256(given) != wanted:
+        raise UsageError(_conflict_message("instructions", wanted, _sha256(given)))
+    return recorded.instructions or DEFAULT_INSTRUCTIONS
 
 
 def _read_instructions(path: str) -> str:
@@ -264,56 +382,103 @@ def _read_instructions(path: str) -> str:
     return text
 
 
-def _database(args: argparse.Namespace, lookup: _Lookup, workers: int) -> DatabaseConfig | None:
-    if args.no_db or args.dry_run:
-        return None
-    url = lookup.get("db_url", "DATABASE_URL")
-    if not url and not args.enable_db:
+def _database(layers: _Layers, workers: int) -> DatabaseConfig | None:
+    if layers.flag("dry_run"):
+        return None  # a dry run touches no database
+    url = layers.get_optional("db_url", "DATABASE_URL", str)
+    if layers.recorded is not None:
+        url = _recorded_database(layers, layers.recorded.settings, url)
+        if url is None:
+            return None
+    elif layers.flag("no_db") or not (url or layers.flag("enable_db")):
         return None  # JSONL only; the runner says so at startup
-    table = TEST_TABLE if args.test_mode else lookup.get("db_table", "DB_TABLE", DEFAULT_TABLE)
-    pool_size = lookup.get("db_pool_size", "DB_POOL_SIZE", min(workers, 10), int)
+    pool_size = layers.get("db_pool_size", "DB_POOL_SIZE", min(workers, 10), int)
     return DatabaseConfig(
         url=require_database_url(url),
-        table=table,
+        table=_table(layers),
         pool_size=_in_range("--db-pool-size", pool_size, 1, 200),
         retry_seconds=_in_range(
-            "--db-retry-seconds", lookup.get("db_retry_seconds", None, 60.0, float), 0.0, 86400.0
+            "--db-retry-seconds",
+            layers.get("db_retry_seconds", None, 60.0, float),
+            0.0,
+            86400.0,
         ),
     )
 
 
-def _quota(lookup: _Lookup) -> QuotaSettings:
+def _recorded_database(layers: _Layers, recorded: JobSettings, url: str | None) -> str | None:
+    """The URL to continue a recorded job with (None: the job writes the JSONL only)."""
+    given_url = layers.cli("db_url")
+    wanted = describe_database(require_database_url(url)) if url else None
+    if recorded.database is None:
+        # A JSONL-only job stays one, whatever the environment holds.
+        if given_url or layers.flag("enable_db"):
+            raise UsageError(_conflict_message("database", None, wanted))
+        if wanted is not None:
+            logger.warning(
+                "ignoring the database %r from the environment; this job uses None", wanted
+            )
+        return None
+    if layers.flag("no_db"):
+        raise UsageError(_conflict_message("database", recorded.database, None))
+    if wanted is None:
+        raise ConfigError(
+            f"This job writes to the database {recorded.database}, but no database URL is "
+            "configured now; set DATABASE_URL or pass --db-url to resume it."
+        )
+    if wanted != recorded.database:
+        raise UsageError(_conflict_message("database", recorded.database, wanted))
+    return url
+
+
+def _table(layers: _Layers) -> str:
+    given = TEST_TABLE if layers.flag("test_mode") else layers.cli("db_table")
+    recorded = layers.recorded.settings.table if layers.recorded else None
+    return layers.job_defined(
+        "table",
+        recorded or DEFAULT_TABLE,
+        given,
+        layers.environment("DB_TABLE", str),
+        DEFAULT_TABLE,
+    )
+
+
+def _quota(layers: _Layers) -> QuotaSettings:
+    daily_limit = layers.get_optional("daily_limit", "DAILY_REQUEST_LIMIT", int)
     return QuotaSettings(
-        monitoring=lookup.get("quota_monitoring", "QUOTA_MONITORING", True, parse_bool),
+        monitoring=layers.get("quota_monitoring", "QUOTA_MONITORING", True, parse_bool),
         threshold=_in_range(
             "--quota-threshold",
-            lookup.get("quota_threshold", "QUOTA_THRESHOLD", 0.8, float),
+            layers.get("quota_threshold", "QUOTA_THRESHOLD", 0.8, float),
             0.1,
             1.0,
         ),
-        daily_limit=_optional_positive(
-            "--daily-limit", lookup.get("daily_limit", "DAILY_REQUEST_LIMIT", None, int)
-        ),
+        daily_limit=None
+        if daily_limit is None
+        else _in_range("--daily-limit", daily_limit, 1, 10**9),
         pause_hours=_in_range(
             "--pause-duration",
-            lookup.get("pause_duration", "PAUSE_DURATION_HOURS", 24.0, float),
+            layers.get("pause_duration", "PAUSE_DURATION_HOURS", 24.0, float),
             1.0,
             72.0,
         ),
         log_interval=_in_range(
             "--quota-log-interval",
-            lookup.get("quota_log_interval", "QUOTA_LOG_INTERVAL", 100, int),
+            layers.get("quota_log_interval", "QUOTA_LOG_INTERVAL", 100, int),
             1,
             1_000_000,
         ),
     )
 
 
-def _path(value: str | None) -> Path | None:
+def _optional_path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def _in_range(flag: str, value, low, high):
+N = TypeVar("N", int, float)
+
+
+def _in_range(flag: str, value: N, low: N, high: N) -> N:
     if not low <= value <= high:
         raise UsageError(f"{flag} must be between {low} and {high} (got {value}).")
     return value
@@ -323,7 +488,3 @@ def _positive(flag: str, value: float) -> float:
     if value <= 0:
         raise UsageError(f"{flag} must be greater than 0 (got {value}).")
     return value
-
-
-def _optional_positive(flag: str, value: int | None) -> int | None:
-    return None if value is None else _in_range(flag, value, 1, 10**9)

@@ -26,7 +26,11 @@ class ParseResult(NamedTuple):
 
 
 class ApiResponse(NamedTuple):
-    """One generated bio, as rendered into a JSONL line (legacy field names and order)."""
+    """One generated bio in the legacy shape, for the legacy output functions.
+
+    The tool itself carries a bio as ``GeneratedBio`` (from the API) and ``CommittedBio``
+    (as committed); this tuple is what scripts written for the legacy tool pass around.
+    """
 
     artist_id: str
     artist_name: str
@@ -93,6 +97,63 @@ class DatabaseResult(NamedTuple):
     success: bool
     rows_affected: int
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedBio:
+    """A usable bio the API returned for one artist, not yet committed."""
+
+    artist: ArtistData
+    response_id: str
+    text: str
+    created: int
+    tokens: TokenUsage = TokenUsage()
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedBio:
+    """A bio as committed: the ledger row, or for a job without a database the bio itself.
+
+    Every JSONL line is rendered from one of these, whether a worker appends it right after
+    its commit or recovery appends it later from the database, so both render the same
+    bytes. ``db_status`` is ``"updated"``/``"skipped"``, or None when no database is used.
+    ``seq`` is the ledger's commit order (0 without a database).
+    """
+
+    artist_id: str
+    artist_name: str
+    artist_data: str | None
+    response_id: str
+    response_text: str
+    created: int
+    db_status: str | None
+    tokens: TokenUsage = TokenUsage()
+    seq: int = 0
+
+    @classmethod
+    def without_database(cls, bio: GeneratedBio) -> CommittedBio:
+        """The record of a bio in a job that writes the JSONL only."""
+        artist = bio.artist
+        return cls(
+            artist.artist_id,
+            artist.name,
+            artist.data,
+            bio.response_id,
+            bio.text,
+            bio.created,
+            None,
+            bio.tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """The job a bio belongs to and the prompt that made it (stored with each ledger row)."""
+
+    job_id: str
+    prompt_id: str | None
+    prompt_version: str | None
+    model: str | None
 
 
 OutcomeStatus = Literal["committed", "skipped", "failed", "not_started"]

@@ -3,7 +3,7 @@
 A small real run of the tool creates the job (manifest, ledger table, JSONL, checkpoint) in
 exactly the form the tool writes. The done artists are then added behind its back the way
 the tool would have: ledger rows with COPY, and for each the JSONL line rendered from the
-row (``encode_record(LedgerRow.as_response())``), and the manifest checkpoint is moved to the
+row (``encode_line(CommittedBio)``), and the manifest checkpoint is moved to the
 new end of both, so the resumed start does not rescan anything. Finally the input CSV is
 rewritten to list every done artist followed by a few new ones.
 """
@@ -18,11 +18,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from artist_bio_gen.core.job import Checkpoint, read_manifest, write_manifest
-from artist_bio_gen.core.output import encode_record
-from artist_bio_gen.core.paths import JobPaths
-from artist_bio_gen.database.store import LedgerRow
-from artist_bio_gen.models import TokenUsage
+from artist_bio_gen.core.jsonl import encode_line
+from artist_bio_gen.jobfiles import Checkpoint, JobPaths, read_manifest, write_manifest
+from artist_bio_gen.models import CommittedBio, TokenUsage
 
 from .data import Artist, append_csv, make_artists, write_csv
 from .database import copy_ledger_rows, ledger_stats, seed_artists
@@ -63,7 +61,7 @@ def _ledger_rows(job_id: str, artists: Iterator[Artist], jsonl: BinaryIO) -> Ite
         text = _bio(artist.name)
         tokens = TokenUsage(50, len(text) // 4, 50 + len(text) // 4)
         response_id = f"resp_bench{index:022x}"
-        row = LedgerRow(
+        row = CommittedBio(
             artist.artist_id,
             artist.name,
             artist.data,
@@ -74,7 +72,7 @@ def _ledger_rows(job_id: str, artists: Iterator[Artist], jsonl: BinaryIO) -> Ite
             tokens,
             0,
         )
-        jsonl.write(encode_record(row.as_response(), PROMPT_ID, None))
+        jsonl.write(encode_line(row, PROMPT_ID, None))
         yield (
             job_id,
             artist.artist_id,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from artist_bio_gen.core.output import LEGACY_KEYS
+from artist_bio_gen.core.jsonl import LEGACY_KEYS
 from artist_bio_gen.models import NO_ARTIST_DATA, ArtistData
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -125,7 +125,7 @@ def test_legacy_single_client_still_works(fake_openai: FakeOpenAI) -> None:
         generated = call_openai_api(client, artist, PromptSettings(prompt_id="pmpt_x"))
     finally:
         client.close()
-    assert generated.response.response_text == bio_for("Solo")
+    assert generated.text == bio_for("Solo")
 
 
 def test_every_worker_gets_a_connection_at_once(fake_openai: FakeOpenAI) -> None:
@@ -146,7 +146,7 @@ def test_every_worker_gets_a_connection_at_once(fake_openai: FakeOpenAI) -> None
         arrived = fake_openai.wait_for_requests(workers, timeout=30)
         in_flight, pinned = fake_openai.in_flight, pool.pinned()
         fake_openai.release()
-        texts = [future.result().response.response_text for future in futures]
+        texts = [future.result().text for future in futures]
     assert arrived and in_flight == workers
     assert pinned == [25, 25, 25, 25]
     assert texts == [bio_for(a.name) for a in artists]

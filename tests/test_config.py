@@ -19,8 +19,9 @@ import pytest
 
 from artist_bio_gen.cli.main import create_argument_parser
 from artist_bio_gen.config import Config, load_environment, resolve_config
-from artist_bio_gen.core.job import Manifest, apply_manifest, new_manifest
+from artist_bio_gen.core.job import new_manifest
 from artist_bio_gen.errors import ConfigError, UsageError
+from artist_bio_gen.jobfiles import JobPaths, Manifest, write_manifest
 
 API_KEY = "sk-proj-SECRET-key-0123456789abcdef"
 DB_PASSWORD = "pw-SECRET-5up3r"
@@ -163,7 +164,14 @@ def test_config_repr_holds_no_secret(source: str) -> None:
     assert "db1.example" in manifest  # the database is named, without its password
 
 
-# -- resuming a job: apply_manifest ------------------------------------------------------------
+# -- resuming a job: the manifest as a layer of the lookup --------------------------------------
+
+
+def _record(manifest: Manifest) -> Manifest:
+    """Write ``manifest`` as the job of out.jsonl in the test's directory (the default
+    --output), where ``--resume`` reads it."""
+    write_manifest(JobPaths(Path("out.jsonl")), manifest)
+    return manifest
 
 
 @pytest.fixture
@@ -172,7 +180,7 @@ def recorded() -> Manifest:
     config = _config(
         ["--input", "artists.csv", "--prompt-id", "p_rec", "--version", "2", "--db-url", URL_1]
     )
-    return new_manifest(config, JOB_ID)
+    return _record(new_manifest(config, JOB_ID))
 
 
 @pytest.fixture
@@ -203,9 +211,8 @@ def test_a_conflicting_cli_setting_is_refused(
 ) -> None:
     """A job-defining setting given on the command line that differs from the record is a
     UsageError naming what the job was started with."""
-    config = _config(["--resume", *flags], {"DATABASE_URL": URL_1})
     with pytest.raises(UsageError, match="started with") as raised:
-        apply_manifest(config, recorded)
+        _config(["--resume", *flags], {"DATABASE_URL": URL_1})
     assert recorded_value in str(raised.value)
     assert DB_PASSWORD not in str(raised.value)
 
@@ -215,9 +222,7 @@ def test_an_environment_only_difference_is_ignored_with_a_warning(
 ) -> None:
     """OPENAI_PROMPT_ID from the environment differing from the record: the recorded prompt
     wins, a warning says so, and the input comes from the manifest."""
-    config = _config(["--resume"], {"DATABASE_URL": URL_1, "OPENAI_PROMPT_ID": "p_env"})
-
-    merged = apply_manifest(config, recorded)
+    merged = _config(["--resume"], {"DATABASE_URL": URL_1, "OPENAI_PROMPT_ID": "p_env"})
 
     assert merged.prompt.prompt_id == "p_rec"
     assert merged.prompt.prompt_version == "2"
@@ -230,12 +235,11 @@ def test_an_environment_only_difference_is_ignored_with_a_warning(
 def test_another_database_is_always_refused(recorded: Manifest, source: str) -> None:
     """Another database is refused whether it comes from --db-url or only from DATABASE_URL
     (the recorded URL is not stored, so the job cannot be continued anywhere else)."""
-    if source == "cli":
-        config = _config(["--resume", "--db-url", URL_2])
-    else:
-        config = _config(["--resume"], {"DATABASE_URL": URL_2})
     with pytest.raises(UsageError) as raised:
-        apply_manifest(config, recorded)
+        if source == "cli":
+            _config(["--resume", "--db-url", URL_2])
+        else:
+            _config(["--resume"], {"DATABASE_URL": URL_2})
     message = str(raised.value)
     assert "db1.example" in message and "db2.example" in message
     assert DB_PASSWORD not in message
@@ -244,18 +248,17 @@ def test_another_database_is_always_refused(recorded: Manifest, source: str) -> 
 def test_a_safe_override_is_kept(recorded: Manifest) -> None:
     """Settings that do not define the job (workers, timeout) are taken from the command
     line on resume."""
-    config = _config(
+    merged = _config(
         ["--resume", "--max-workers", "9", "--request-timeout", "7"], {"DATABASE_URL": URL_1}
     )
-    merged = apply_manifest(config, recorded)
     assert (merged.max_workers, merged.request_timeout) == (9, 7.0)
     assert merged.db is not None and merged.db.url == URL_1 and merged.db.table == "artists"
 
 
 def test_a_jsonl_only_job_stays_jsonl_only() -> None:
     """A job started with --no-db ignores a DATABASE_URL that appears later."""
-    manifest = new_manifest(_config([*BASE_ARGS, "--no-db"]), JOB_ID)
-    merged = apply_manifest(_config(["--resume"], {"DATABASE_URL": URL_1}), manifest)
+    _record(new_manifest(_config([*BASE_ARGS, "--no-db"]), JOB_ID))
+    merged = _config(["--resume"], {"DATABASE_URL": URL_1})
     assert merged.db is None
     assert merged.prompt.model == "m-1"
 
@@ -264,4 +267,4 @@ def test_a_database_job_needs_a_database_to_resume(recorded: Manifest) -> None:
     """Resuming a database job with no database URL configured is a ConfigError that says
     which database the job writes to."""
     with pytest.raises(ConfigError, match=r"db1\.example"):
-        apply_manifest(_config(["--resume"]), recorded)
+        _config(["--resume"])

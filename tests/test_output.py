@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from artist_bio_gen.core.jsonl import JsonlWriter, build_record, encode_line
 from artist_bio_gen.core.output import (
-    JsonlWriter,
     append_jsonl_response,
-    build_record,
-    encode_record,
     get_processed_artist_ids,
     initialize_jsonl_output,
     write_jsonl_output,
@@ -70,7 +68,7 @@ def test_record_without_data_or_version_or_database() -> None:
 
 
 def test_encoded_line_is_utf8_not_escaped() -> None:
-    line = encode_record(_response(3), "p")
+    line = encode_line(_response(3), "p")
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert "Ñandú".encode() in line
     assert json.loads(line)["artist_name"] == "Artist 3 — Ñandú"
@@ -120,11 +118,11 @@ def test_processed_ids_ignore_failed_and_torn_lines(tmp_path: Path) -> None:
 
 def test_opening_truncates_a_torn_tail(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
-    whole = encode_record(_response(1), "p")
-    out.write_bytes(whole + encode_record(_response(2), "p")[:40])
+    whole = encode_line(_response(1), "p")
+    out.write_bytes(whole + encode_line(_response(2), "p")[:40])
     with JsonlWriter(out) as writer:
         assert writer.repaired_bytes == 40
-        writer.append(_response(3), "p")
+        writer.append_line(encode_line(_response(3), "p"))
     assert [r["response_id"] for r in read_jsonl(out)] == ["resp_1", "resp_3"]
 
 
@@ -133,7 +131,7 @@ def _append_from_8_threads(writer: JsonlWriter) -> None:
 
     def worker(base: int) -> None:
         for i in range(500):
-            writer.append(_response(base + i), "p")
+            writer.append_line(encode_line(_response(base + i), "p"))
 
     threads = [threading.Thread(target=worker, args=(t * 1000,)) for t in range(8)]
     for thread in threads:
@@ -184,7 +182,7 @@ def test_threads_and_processes_together_write_6000_whole_lines(tmp_path: Path) -
 
 _FULL_DISK_SCRIPT = """
 import resource, sys
-from artist_bio_gen.core.output import JsonlWriter
+from artist_bio_gen.core.jsonl import JsonlWriter, encode_line
 from artist_bio_gen.errors import OutputWriteError
 from artist_bio_gen.models import ApiResponse
 limit = int(sys.argv[2])
@@ -194,7 +192,7 @@ with JsonlWriter(sys.argv[1]) as writer:
         artist_id = f"00000000-0000-4000-8000-{i:012d}"
         line = ApiResponse(artist_id, "A", None, "b" * 333, f"r{i}", 1, "updated")
         try:
-            writer.append(line, "p")
+            writer.append_line(encode_line(line, "p"))
         except OutputWriteError as exc:
             print(i, exc)
             sys.exit(0)
@@ -223,7 +221,7 @@ def test_fsync_interval_mode_still_writes_whole_lines(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     with JsonlWriter(out, fsync_interval=0.05) as writer:
         for i in range(200):
-            writer.append(_response(i), "p")
+            writer.append_line(encode_line(_response(i), "p"))
     assert len(read_jsonl(out)) == 200
 
 
@@ -241,7 +239,7 @@ def test_a_failed_group_write_fails_every_line_of_it_and_nothing_hangs(
     goes on working afterwards."""
     import errno
 
-    import artist_bio_gen.core.output as output
+    import artist_bio_gen.core.jsonl as jsonl
 
     out = tmp_path / "out.jsonl"
     real_write = os.write
@@ -258,13 +256,13 @@ def test_a_failed_group_write_fails_every_line_of_it_and_nothing_hangs(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(output.os, "write", flaky_write)
+    monkeypatch.setattr(jsonl.os, "write", flaky_write)
     results: dict[int, str] = {}
     with JsonlWriter(out) as writer:
 
         def worker(index: int) -> None:
             try:
-                writer.append(_response(index), "p")
+                writer.append_line(encode_line(_response(index), "p"))
                 results[index] = "ok"
             except OutputWriteError:
                 results[index] = "failed"
@@ -280,7 +278,7 @@ def test_a_failed_group_write_fails_every_line_of_it_and_nothing_hangs(
         for thread in [first, *others]:
             thread.join(10)
             assert not thread.is_alive(), "a writer thread hung"
-        writer.append(_response(99), "p")  # the writer still works
+        writer.append_line(encode_line(_response(99), "p"))  # the writer still works
     assert results[0] == "ok"
     failed = [i for i, r in results.items() if r == "failed"]
     assert failed, "the second batch should have failed"
@@ -301,7 +299,7 @@ def test_a_writer_holding_the_lock_keeps_other_processes_waiting(tmp_path: Path)
         "append_jsonl_response(_response(2), sys.argv[1], 'p')\n"
     )
     writer = JsonlWriter(out, hold_lock=True)
-    writer.append(_response(1), "p")
+    writer.append_line(encode_line(_response(1), "p"))
     other = subprocess.Popen(
         [sys.executable, "-c", script, str(out)], cwd=Path(__file__).parent.parent
     )

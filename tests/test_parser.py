@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from artist_bio_gen.core import parser
-from artist_bio_gen.core.parser import ArtistReader, parse_input_file
+from artist_bio_gen.core import reader as parser
+from artist_bio_gen.core.parser import parse_input_file
+from artist_bio_gen.core.reader import ArtistReader
 from artist_bio_gen.errors import InputFileError
 from artist_bio_gen.models import ArtistData
 from artist_bio_gen.utils.uuidset import UuidSet
@@ -430,7 +431,7 @@ def test_example_file_processes_cleanly(caplog: pytest.LogCaptureFixture) -> Non
 
 def test_estimate_rows_is_an_upper_bound_without_the_header(tmp_path: Path) -> None:
     """The progress estimate counts lines, minus a header row."""
-    from artist_bio_gen.core.parser import estimate_rows
+    from artist_bio_gen.core.reader import estimate_rows
 
     path = tmp_path / "a.csv"
     rows = b"00000000-0000-4000-8000-000000000001,A\r\n00000000-0000-4000-8000-000000000002,B\r\n"

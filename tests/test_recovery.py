@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from artist_bio_gen.core.job import Checkpoint, JobSettings, Manifest
-from artist_bio_gen.core.output import JsonlWriter, encode_record
+from artist_bio_gen.core.jsonl import JsonlWriter, encode_line
 from artist_bio_gen.core.recovery import reconcile
 from artist_bio_gen.database.connection import create_db_connection_pool, describe_database
 from artist_bio_gen.database.schema import ensure_ledger, inspect_target_table
-from artist_bio_gen.database.store import BioRow, BioStore
-from artist_bio_gen.models import DatabaseConfig, TokenUsage
+from artist_bio_gen.database.store import BioStore
+from artist_bio_gen.jobfiles import Checkpoint, JobSettings, Manifest
+from artist_bio_gen.models import ArtistData, DatabaseConfig, GeneratedBio, JobRef
 
 from .helpers import TestDatabase, make_artists, read_jsonl
 
@@ -35,21 +35,10 @@ def _manifest(job_id: str) -> Manifest:
 
 def _commit(store: BioStore, job_id: str, artist_id: str) -> bytes:
     row = store.commit(
-        BioRow(
-            job_id,
-            artist_id,
-            "Name",
-            None,
-            f"resp_{artist_id[:8]}",
-            "Bio.",
-            1,
-            "p",
-            None,
-            None,
-            TokenUsage(),
-        )
+        GeneratedBio(ArtistData(artist_id, "Name", None), f"resp_{artist_id[:8]}", "Bio.", 1),
+        JobRef(job_id, "p", None, None),
     )
-    return encode_record(row.as_response(), "p")
+    return encode_line(row, "p")
 
 
 def test_counts_that_agree_confirm_the_run_without_rescanning(

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from artist_bio_gen.core.legacy import update_artist_bio
 from artist_bio_gen.database.connection import create_db_connection_pool, describe_database
 from artist_bio_gen.database.schema import ensure_ledger, inspect_target_table
-from artist_bio_gen.database.store import BioRow, BioStore, update_artist_bio
-from artist_bio_gen.models import DatabaseConfig, TokenUsage
+from artist_bio_gen.database.store import BioStore
+from artist_bio_gen.models import ArtistData, DatabaseConfig, GeneratedBio, JobRef, TokenUsage
 
 from .helpers import TestDatabase, make_artists
 
@@ -29,26 +30,24 @@ def store(database: TestDatabase) -> Iterator[BioStore]:
     pool.close()
 
 
-def _row(artist_id: str, text: str = "A bio.", job: str = JOB, name: str = "N") -> BioRow:
-    return BioRow(
-        job_id=job,
-        artist_id=artist_id,
-        artist_name=name,
-        artist_data=None,
+def _row(
+    artist_id: str, text: str = "A bio.", job: str = JOB, name: str = "N"
+) -> tuple[GeneratedBio, JobRef]:
+    """A bio to commit and the job it belongs to (``store.commit(*_row(...))``)."""
+    bio = GeneratedBio(
+        artist=ArtistData(artist_id, name, None),
         response_id=f"resp_{text[:8]}",
-        response_text=text,
+        text=text,
         created=1_700_000_000,
-        prompt_id="p",
-        prompt_version=None,
-        model=None,
         tokens=TokenUsage(1, 2, 3),
     )
+    return bio, JobRef(job_id=job, prompt_id="p", prompt_version=None, model=None)
 
 
 def test_commit_updates_bio_and_ledger_together(store: BioStore, database: TestDatabase) -> None:
     artist = make_artists(1, seed=30)[0]
     database.seed([artist])
-    committed = store.commit(_row(artist.artist_id, "First bio."))
+    committed = store.commit(*_row(artist.artist_id, "First bio."))
     assert committed.db_status == "updated" and committed.response_text == "First bio."
     assert database.bios()[artist.artist_id] == "First bio."
     (ledger,) = database.ledger()
@@ -61,8 +60,8 @@ def test_a_second_commit_of_the_same_artist_keeps_the_first(
     """The statement is idempotent: a retry after an unknown outcome cannot overwrite."""
     artist = make_artists(1, seed=31)[0]
     database.seed([artist])
-    first = store.commit(_row(artist.artist_id, "First bio."))
-    again = store.commit(_row(artist.artist_id, "Second bio."))
+    first = store.commit(*_row(artist.artist_id, "First bio."))
+    again = store.commit(*_row(artist.artist_id, "Second bio."))
     assert again == first
     assert database.bios()[artist.artist_id] == "First bio."
     assert len(database.ledger()) == 1
@@ -71,15 +70,15 @@ def test_a_second_commit_of_the_same_artist_keeps_the_first(
 def test_other_jobs_are_independent(store: BioStore, database: TestDatabase) -> None:
     artist = make_artists(1, seed=32)[0]
     database.seed([artist])
-    store.commit(_row(artist.artist_id, "Job one."))
+    store.commit(*_row(artist.artist_id, "Job one."))
     other = str(uuid.uuid4())
-    store.commit(_row(artist.artist_id, "Job two.", job=other))
+    store.commit(*_row(artist.artist_id, "Job two.", job=other))
     assert database.bios()[artist.artist_id] == "Job two."
     assert [a for a in store.done_ids(other)] == [artist.artist_id]
 
 
 def test_missing_row_is_recorded_as_skipped(store: BioStore, database: TestDatabase) -> None:
-    committed = store.commit(_row(str(uuid.uuid4())))
+    committed = store.commit(*_row(str(uuid.uuid4())))
     assert committed.db_status == "skipped"
     assert database.bios() == {}
 
@@ -89,7 +88,7 @@ def test_keep_existing_never_overwrites(store: BioStore, database: TestDatabase)
     database.seed([artist], bio="Curated.")
     assert store.has_bio(artist.artist_id) is True
     assert store.has_bio(str(uuid.uuid4())) is None
-    committed = store.commit(_row(artist.artist_id, "Generated."), keep_existing=True)
+    committed = store.commit(*_row(artist.artist_id, "Generated."), keep_existing=True)
     assert committed.db_status == "skipped"
     assert database.bios()[artist.artist_id] == "Curated."
 
@@ -120,7 +119,7 @@ def test_rows_come_back_in_commit_order(store: BioStore, database: TestDatabase)
     artists = make_artists(5, seed=34)
     database.seed(artists)
     for index, artist in enumerate(artists):
-        store.commit(_row(artist.artist_id, f"Bio {index}."))
+        store.commit(*_row(artist.artist_id, f"Bio {index}."))
     rows = list(store.iter_job_rows(JOB))
     assert [r.artist_id for r in rows] == [a.artist_id for a in artists]
     assert [r.seq for r in rows] == sorted(r.seq for r in rows)
@@ -132,7 +131,7 @@ def test_a_rejected_bio_raises_a_driver_error(store: BioStore, database: TestDat
     artist = make_artists(1, seed=35)[0]
     database.seed([artist])
     with pytest.raises(psycopg.DataError):
-        store.commit(_row(artist.artist_id, "bad \x00 bio"))
+        store.commit(*_row(artist.artist_id, "bad \x00 bio"))
     assert database.ledger() == []
 
 
@@ -186,7 +185,7 @@ def test_a_lost_connection_during_commit_is_resolved_by_checking_the_row(
     artist = make_artists(1, seed=37)[0]
     database.seed([artist])
     sent = _drop_connection_around_commit(monkeypatch, after_commit=after_commit)
-    committed = store.commit(_row(artist.artist_id, "Only bio."))
+    committed = store.commit(*_row(artist.artist_id, "Only bio."))
     assert committed.response_text == "Only bio." and committed.db_status == "updated"
     # After a commit that did land, the retry found the row and did not send it again.
     assert sum(sent) == 1

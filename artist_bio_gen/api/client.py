@@ -1,13 +1,9 @@
 """Calling the Responses API and sorting its failures.
 
-Retries are the SDK's own (``max_retries``, exponential backoff honouring ``Retry-After``);
-this module only decides what a failure that survived them means:
-
-* **stop the run** (``systemic``): a rejected key (401/403), an unknown prompt or model (404)
-  and ``insufficient_quota`` fail every artist the same way, so the run stops at once instead
-  of paying for N identical failures;
-* **fail this artist**: everything else (400 for this input, timeouts, 5xx, rate limits that
-  outlasted the retries, a malformed or empty answer). ``--resume`` retries them later.
+Retries are the SDK's own (``max_retries``, exponential backoff honouring ``Retry-After``):
+they are per request, well tested and already wrapped around every call, so this module
+does not add a second retry loop. It only decides what a failure that survived them is:
+one of the codes of ``failure_codes`` (which also says whether the code stops the run).
 
 Many workers share a ``ClientPool`` of SDK clients rather than one client: the HTTP client's
 connection pool scans all of its connections under one lock at every request start and
@@ -21,10 +17,10 @@ import math
 import threading
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..models import ApiResponse, ArtistData, TokenUsage
+from ..failure_codes import failure
+from ..models import ArtistData, GeneratedBio, TokenUsage
 from ..utils.text import normalize_bio
 from .request import PromptSettings, build_request
 
@@ -39,26 +35,17 @@ logger = logging.getLogger(__name__)
 # second, which a run refused at start (lock held, bad option) should not have to pay.
 
 
-@dataclass(frozen=True)
-class Generated:
-    """A usable bio from the API (not yet committed)."""
-
-    response: ApiResponse
-    tokens: TokenUsage
-
-
 class ApiCallError(Exception):
     """An API call that failed after the SDK's retries.
 
-    ``code`` is stable and machine-readable; ``systemic`` is ``"config"`` or ``"quota"`` when
-    the failure would repeat for every artist, else None.
+    ``code`` is one of ``failure_codes.FAILURE_CODES`` (stable, machine-readable); the table
+    says whether it stops the run.
     """
 
-    def __init__(self, code: str, message: str, systemic: str | None = None):
+    def __init__(self, code: str, message: str):
         super().__init__(message)
-        self.code = code
+        self.code = failure(code).code  # an unknown code is a bug: fail here, not later
         self.message = message
-        self.systemic = systemic
 
 
 def create_openai_client(
@@ -226,7 +213,7 @@ def call_openai_api(
     artist: ArtistData,
     settings: PromptSettings,
     api_key: str | None = None,
-) -> Generated:
+) -> GeneratedBio:
     """Ask for one artist's bio; raises ``ApiCallError`` when no usable bio came back.
 
     ``client`` is an SDK client or a ``ClientPool`` (then the calling thread's client is
@@ -245,15 +232,11 @@ def call_openai_api(
     text = normalize_bio(response.output_text)
     if not text.strip():
         raise ApiCallError("empty_response", f"the API returned no text (response {response.id})")
-    return Generated(
-        response=ApiResponse(
-            artist_id=artist.artist_id,
-            artist_name=artist.name,
-            artist_data=artist.data,
-            response_text=text,
-            response_id=response.id,
-            created=int(response.created_at),
-        ),
+    return GeneratedBio(
+        artist=artist,
+        response_id=response.id,
+        text=text,
+        created=int(response.created_at),
         tokens=_usage(response),
     )
 
@@ -288,17 +271,15 @@ def _classify(exc: openai.OpenAIError, settings: PromptSettings) -> ApiCallError
         return ApiCallError(
             "auth",
             "The API rejected the key (HTTP 401); check OPENAI_API_KEY or --openai-api-key.",
-            "config",
         )
     if isinstance(exc, openai.PermissionDeniedError):
         return ApiCallError(
             "forbidden",
             f"The API refused access (HTTP 403: {_detail(exc)}); check the key's project "
             "and permissions.",
-            "config",
         )
     if isinstance(exc, openai.NotFoundError):
-        return ApiCallError("not_found", _not_found_message(exc, settings), "config")
+        return ApiCallError("not_found", _not_found_message(exc, settings))
     if isinstance(exc, openai.RateLimitError):
         return _rate_limit(exc)
     return _per_artist(exc)
@@ -322,7 +303,6 @@ def _rate_limit(exc: openai.RateLimitError) -> ApiCallError:
             "insufficient_quota",
             "The API account has no quota left (insufficient_quota); add credit or raise "
             "the limit, then run again with --resume.",
-            "quota",
         )
     return ApiCallError("rate_limited", f"rate limited after retries: {_detail(exc)}")
 

@@ -19,10 +19,10 @@ from types import FrameType
 from .. import exit_codes
 from ..config import DEFAULT_OUTPUT, Config, load_environment, parse_bool, resolve_config
 from ..core.dryrun import dry_run
-from ..core.paths import JobPaths
 from ..core.processor import RunControl
 from ..core.runner import RunResult, run_job
 from ..errors import ArtistBioGenError
+from ..jobfiles import JobPaths
 from ..models import ProcessingStats
 from ..utils.logging import setup_logging
 from .progress import Progress
@@ -322,7 +322,7 @@ def _run(args: argparse.Namespace) -> int:
             progress.close()
     _print_summary(config, result)
     code = exit_code_for(result)
-    if result.abandoned:
+    if result.left_running is not None:
         # Workers are stuck in calls that outlived the grace period; do not wait for them.
         _flush_and_exit(code)
     return code
@@ -355,7 +355,7 @@ def summary_lines(config: Config, result: RunResult) -> list[str]:
         f"  committed         {s.committed:,}",
         f"  skipped           {s.skipped:,}",
         f"  failed            {s.failed:,}{failures if s.failed else ''}",
-        f"  not started       {s.not_started + result.abandoned:,}",
+        f"  not started       {s.not_started:,}",
         f"  elapsed           {s.elapsed_seconds:.1f} s ({s.rate:.1f} artists/s)",
         f"  tokens            input {s.tokens.input_tokens:,}, output {s.tokens.output_tokens:,}, "
         f"total {s.tokens.total_tokens:,}",

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from .. import exit_codes
 from ..config import DEFAULT_OUTPUT, load_environment
-from ..core.job import Manifest, read_manifest, write_manifest
+from ..core.jsonl import JsonlWriter
+from ..core.ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
 from ..core.lock import RunLock
-from ..core.output import JsonlWriter
-from ..core.paths import JobPaths
-from ..core.recovery import VerifyReport, reconcile, verify
+from ..core.recovery import VerifyReport, verify
 from ..database.connection import create_db_connection_pool, describe_database, require_database_url
 from ..database.schema import ensure_ledger
 from ..database.store import BioStore
 from ..errors import UsageError
+from ..jobfiles import JobPaths, Manifest, read_manifest, write_manifest
 from ..models import DatabaseConfig
 from ..utils.logging import setup_logging
 
@@ -70,39 +72,42 @@ def run_verify(argv: Sequence[str]) -> int:
         raise UsageError(
             f"{paths.output} has no job manifest ({paths.manifest.name}); nothing to verify."
         )
-    store, pool = _open_store(manifest, url)
-    try:
+    with contextlib.ExitStack() as stack:
+        store = _open_store(manifest, url, stack)
         if args.repair:
             _repair(paths, manifest, store)
         report = verify(paths.output, manifest, store)
-    finally:
-        if pool is not None:
-            pool.close()
     print_report(paths, report, sys.stdout)
     return exit_codes.EXIT_SUCCESS if report.consistent else exit_codes.EXIT_OUT_OF_SYNC
 
 
-def _open_store(manifest: Manifest, url: str | None) -> tuple[BioStore | None, object]:
+def _open_store(
+    manifest: Manifest, url: str | None, stack: contextlib.ExitStack
+) -> BioStore | None:
+    """The job's ledger (None for a job without a database)."""
     if manifest.settings.database is None:
-        return None, None
+        return None
     config = DatabaseConfig(url=require_database_url(url), pool_size=2)
     where = describe_database(config.url)
-    pool = create_db_connection_pool(config)
+    pool = stack.enter_context(create_db_connection_pool(config))
     ensure_ledger(pool, where)
     # verify reads the ledger only; the user's table is never touched.
-    return BioStore(pool, config), pool
+    return BioStore(pool, config)
 
 
 def _repair(paths: JobPaths, manifest: Manifest, store: BioStore | None) -> None:
+    ledger: Ledger = (
+        DatabaseLedger(store, manifest.job_ref) if store else JsonlOnlyLedger(paths.output)
+    )
     with RunLock(paths.run_lock), JsonlWriter(paths.output) as writer:
-        result, manifest = reconcile(manifest, store, writer)
+        result, manifest = ledger.reconcile(manifest, writer, None)
         write_manifest(paths, manifest)
         logger.info(
             "repair: cut %d torn bytes, appended %d lines", writer.repaired_bytes, result.appended
         )
 
 
-def print_report(paths: JobPaths, report: VerifyReport, out) -> None:
+def print_report(paths: JobPaths, report: VerifyReport, out: TextIO) -> None:
     """Write the human-readable report."""
     rows = [
         ("JSONL lines", report.jsonl_lines),

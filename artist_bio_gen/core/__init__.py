@@ -1,12 +1,15 @@
-"""The pipeline: parse, process, output, resume and recovery."""
+"""The pipeline: read, process, commit, append, resume and recovery.
 
-from .output import (
+The names below are the legacy public API of this package.
+"""
+
+from .legacy import (
     append_jsonl_response,
     get_processed_artist_ids,
     initialize_jsonl_output,
+    parse_input_file,
     write_jsonl_output,
 )
-from .parser import parse_input_file
 from .processor import process_artists_concurrent
 
 __all__ = [

@@ -9,7 +9,7 @@ from typing import TextIO
 from ..api.request import build_request
 from ..config import Config
 from ..models import ProcessingStats, TokenUsage
-from .parser import ArtistReader
+from .reader import ArtistReader
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,6 @@ SHOWN_PAYLOADS = 5
 def dry_run(config: Config, out: TextIO) -> ProcessingStats:
     """Parse the whole input, print the first payloads to ``out`` (one JSON object per
     line), return the counts."""
-    assert config.input_path is not None
     with ArtistReader(config.input_path) as reader:
         for index, artist in enumerate(reader):
             if index < SHOWN_PAYLOADS:

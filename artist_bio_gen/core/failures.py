@@ -2,7 +2,9 @@
 
 The main JSONL holds committed bios only; a failed artist is recorded here instead, with a
 stable ``code`` and a human ``reason``, so that it can be inspected, counted and retried
-(``--resume`` retries it, up to ``--max-attempts`` attempts across runs). Lines are appended
+(``--resume`` retries it, up to ``--max-attempts`` attempts across runs). Only the codes
+that count towards that cap are recorded (``failure_codes``): a failure that stops the run
+is not the artist's fault. Lines are appended
 through the same whole-line, fsynced path as the output.
 """
 
@@ -15,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .output import JsonlWriter, iter_records
+from .jsonl import JsonlWriter, iter_records
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,12 @@ class FailureLog:
         """Close the file if it was opened."""
         if self._writer is not None:
             self._writer.close()
+
+    def __enter__(self) -> FailureLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def count_attempts(path: Path, job_id: str) -> Counter[str]:

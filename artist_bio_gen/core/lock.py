@@ -1,4 +1,4 @@
-"""One run per job (guarantee G7).
+"""One run per job: a second run on the same output exits at once.
 
 A run holds an exclusive ``flock`` on ``<output stem>.run.lock`` (through ``filelock``) for
 its whole life. The kernel drops the lock when the process dies, however it dies, so a run
@@ -34,13 +34,6 @@ class RunLock:
     def __init__(self, path: Path):
         self.path = path
         self._lock = FileLock(path, timeout=0, preserve_lock_file=True, on_acquired=_write_holder)
-        self._held_until_exit = False
-
-    def hold_until_exit(self) -> None:
-        """Keep the lock when the context ends: the process is about to exit with workers
-        still running, and the next run must not start until they are gone (the OS
-        releases the lock at exit)."""
-        self._held_until_exit = True
 
     def __enter__(self) -> RunLock:
         try:
@@ -60,5 +53,4 @@ class RunLock:
             return "unknown"
 
     def __exit__(self, *exc: object) -> None:
-        if not self._held_until_exit:
-            self._lock.release()
+        self._lock.release()

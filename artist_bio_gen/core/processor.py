@@ -8,10 +8,11 @@ its worker.
 
 Failure handling:
 
-* one artist's failure is an ``Outcome`` (recorded in the failures file), never an exception;
-* a *systemic* failure (bad key, unknown prompt, no quota, database gone for good, disk full)
-  stops the run: nothing new is submitted and queued artists return ``not_started`` without
-  calling the API;
+* one artist's failure is an ``Outcome`` with a code of ``failure_codes`` (recorded in the
+  failures file when the code counts towards the retry cap), never an exception;
+* a failure whose code stops the run (bad key, unknown prompt, no quota, database gone for
+  good), and a JSONL line that cannot be written (disk full), stop the run: nothing new is
+  submitted and queued artists return ``not_started`` without calling the API;
 * the first artist runs alone (a canary), so a bad key or prompt costs one request, not one
   per worker;
 * a streak of identical failures (``failure_streak_limit``) is treated as systemic too.
@@ -23,29 +24,23 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import psycopg
 
-from ..api.client import ApiCallError, ClientPool, Generated, call_openai_api
+from ..api.client import ApiCallError, ClientPool, call_openai_api
 from ..api.request import PromptSettings
 from ..database.connection import first_line
-from ..database.store import BioRow, BioStore
-from ..errors import (
-    ArtistBioGenError,
-    ConfigError,
-    DatabaseUnavailableError,
-    OutputWriteError,
-    QuotaExhaustedError,
-    RunAbortedError,
-)
-from ..models import ApiResponse, ArtistData, Outcome, TokenUsage
+from ..errors import ArtistBioGenError, DatabaseUnavailableError, OutputWriteError, RunAbortedError
+from ..failure_codes import counts_towards_cap, run_error, stops_run
+from ..models import ArtistData, GeneratedBio, Outcome, TokenUsage
 from ..utils.logging import TransactionLog
 from .failures import FailureLog
-from .output import JsonlWriter
+from .jsonl import JsonlWriter, encode_line
+from .ledger import Ledger
 
 if TYPE_CHECKING:
     import openai
@@ -57,18 +52,18 @@ logger = logging.getLogger(__name__)
 class Pipeline:
     """Everything a worker needs; shared read-only by all worker threads."""
 
-    job_id: str
     settings: PromptSettings
     #: A ``ClientPool`` (each worker thread uses its own pinned client) or one SDK client.
-    client: ClientPool | openai.OpenAI | None
-    store: BioStore | None
+    client: ClientPool | openai.OpenAI
+    ledger: Ledger
     writer: JsonlWriter
     failures: FailureLog
     txlog: TransactionLog
+    #: ``--skip-existing``: look the user's row up first; no API call for a row with a bio.
     skip_existing: bool = False
     api_key: str | None = field(default=None, repr=False)
     #: Failed attempts already recorded per artist in earlier runs (for the attempt number).
-    previous_attempts: dict[str, int] = field(default_factory=dict)
+    previous_attempts: Mapping[str, int] = field(default_factory=dict)
 
 
 class RunControl:
@@ -126,9 +121,9 @@ def process_artist(pipeline: Pipeline, control: RunControl, artist: ArtistData) 
         )
         logger.debug("traceback", exc_info=True)
         outcome = _failed(artist, "internal_error", f"{type(exc).__name__}: {exc}")
-    outcome = _with_duration(outcome, time.monotonic() - started)
+    outcome = replace(outcome, duration=time.monotonic() - started)
     attempt = pipeline.previous_attempts.get(artist.artist_id, 0) + 1
-    if outcome.status == "failed" and outcome.code not in _SYSTEMIC_CODES:
+    if outcome.status == "failed" and counts_towards_cap(outcome.code):
         pipeline.failures.record(
             artist.artist_id, artist.name, outcome.code or "", outcome.reason or "", attempt
         )
@@ -136,35 +131,22 @@ def process_artist(pipeline: Pipeline, control: RunControl, artist: ArtistData) 
     return outcome
 
 
-def _with_duration(outcome: Outcome, seconds: float) -> Outcome:
-    return Outcome(**{**_fields(outcome), "duration": seconds})
-
-
-def _fields(outcome: Outcome) -> dict:
-    return {name: getattr(outcome, name) for name in outcome.__slots__}
-
-
-_SYSTEMIC_CODES = frozenset(
-    {"auth", "forbidden", "not_found", "insufficient_quota", "db_unavailable"}
-)
-
-
 def _run_steps(pipeline: Pipeline, control: RunControl, artist: ArtistData) -> Outcome:
-    if pipeline.skip_existing and pipeline.store is not None:
-        skipped = _skip_if_has_bio(pipeline.store, artist)
+    if pipeline.skip_existing:
+        skipped = _skip_if_has_bio(pipeline.ledger, artist)
         if skipped is not None:
             return skipped
     try:
-        generated = call_openai_api(pipeline.client, artist, pipeline.settings, pipeline.api_key)  # type: ignore[arg-type]
+        bio = call_openai_api(pipeline.client, artist, pipeline.settings, pipeline.api_key)
     except ApiCallError as exc:
-        if exc.systemic:
-            control.abort(_systemic_error(exc))
+        if stops_run(exc.code):
+            control.abort(run_error(exc.code, exc.message))
         return _failed(artist, exc.code, exc.message)
-    return _commit_and_append(pipeline, control, artist, generated)
+    return _commit_and_append(pipeline, control, bio)
 
 
-def _skip_if_has_bio(store: BioStore, artist: ArtistData) -> Outcome | None:
-    has_bio = store.has_bio(artist.artist_id)
+def _skip_if_has_bio(ledger: Ledger, artist: ArtistData) -> Outcome | None:
+    has_bio = ledger.has_bio(artist.artist_id)
     if has_bio is None:
         return Outcome(
             artist.artist_id, artist.name, "skipped", "no_row", "no row with this id in the table"
@@ -176,19 +158,14 @@ def _skip_if_has_bio(store: BioStore, artist: ArtistData) -> Outcome | None:
     return None
 
 
-def _systemic_error(exc: ApiCallError) -> ArtistBioGenError:
-    return QuotaExhaustedError(exc.message) if exc.systemic == "quota" else ConfigError(exc.message)
-
-
 def _failed(artist: ArtistData, code: str, reason: str) -> Outcome:
     return Outcome(artist.artist_id, artist.name, "failed", code, reason)
 
 
-def _commit_and_append(
-    pipeline: Pipeline, control: RunControl, artist: ArtistData, generated: Generated
-) -> Outcome:
+def _commit_and_append(pipeline: Pipeline, control: RunControl, bio: GeneratedBio) -> Outcome:
+    artist = bio.artist
     try:
-        response = _commit(pipeline, generated)
+        committed = pipeline.ledger.commit(bio)
     except DatabaseUnavailableError as exc:
         control.abort(exc)
         return _failed(artist, "db_unavailable", str(exc))
@@ -199,43 +176,20 @@ def _commit_and_append(
         artist.artist_id,
         artist.name,
         "committed",
-        response_id=response.response_id,
-        db_status=response.db_status,
-        tokens=generated.tokens,
+        response_id=committed.response_id,
+        db_status=committed.db_status,
+        tokens=bio.tokens,
     )
+    settings = pipeline.settings
     try:
-        pipeline.writer.append(
-            response, pipeline.settings.prompt_id, pipeline.settings.prompt_version
+        # Rendered from what was committed, exactly as recovery renders a missing line.
+        pipeline.writer.append_line(
+            encode_line(committed, settings.prompt_id, settings.prompt_version)
         )
     except OutputWriteError as exc:
         # Committed but not appended: the next start renders the line from the database.
         control.abort(exc)
     return outcome
-
-
-def _commit(pipeline: Pipeline, generated: Generated) -> ApiResponse:
-    """Commit when a database is configured; returns what the JSONL line is rendered from."""
-    if pipeline.store is None:
-        return generated.response
-    settings = pipeline.settings
-    response = generated.response
-    row = pipeline.store.commit(
-        BioRow(
-            job_id=pipeline.job_id,
-            artist_id=response.artist_id,
-            artist_name=response.artist_name,
-            artist_data=response.artist_data,
-            response_id=response.response_id,
-            response_text=response.response_text,
-            created=response.created,
-            prompt_id=settings.prompt_id,
-            prompt_version=settings.prompt_version,
-            model=settings.model,
-            tokens=generated.tokens,
-        ),
-        keep_existing=pipeline.skip_existing,
-    )
-    return row.as_response()
 
 
 @dataclass
@@ -389,7 +343,7 @@ class _Feeder:
         if outcome is None:
             return
         self.tally.add(outcome)
-        if outcome.status != "not_started" and outcome.code not in _SYSTEMIC_CODES:
+        if outcome.status != "not_started" and not stops_run(outcome.code):
             self.canary_done = True
         if self.tally.streak >= self.streak_limit and not self.control.stopping:
             self.control.abort(

@@ -1,4 +1,4 @@
-"""Keeping the JSONL equal to the database (guarantee G2).
+"""Keeping the JSONL equal to the database: the JSONL is a mirror of the ledger.
 
 ``reconcile`` runs at every start and at the end of every run, while no worker is writing:
 
@@ -28,11 +28,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..database.store import BioStore, LedgerRow
+from ..database.store import BioStore
 from ..errors import OutOfSyncError
+from ..jobfiles import Checkpoint, Manifest
+from ..models import CommittedBio
 from ..utils.uuidset import UuidSet
-from .job import Checkpoint, Manifest
-from .output import JsonlWriter, encode_record, last_complete_size, line_is_done
+from .jsonl import JsonlWriter, encode_line, last_complete_size, line_is_done
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def _ends_line(path: Path, size: int) -> bool:
 
 def reconcile(
     manifest: Manifest,
-    store: BioStore | None,
+    store: BioStore,
     writer: JsonlWriter,
     appended: tuple[int, int] | None = None,
 ) -> tuple[Reconciliation, Manifest]:
@@ -158,12 +159,6 @@ def reconcile(
     with the ledger's is confirmed without re-reading its lines (see ``_confirmed``).
     Returns what was done and the manifest with the new checkpoint (the caller saves it).
     """
-    path = writer.path
-    if store is None:
-        # JSONL-only job: the file is the only record; nothing to mirror.
-        size = path.stat().st_size
-        checkpoint = Checkpoint(jsonl_size=size, ledger_seq=0, lines=0)
-        return Reconciliation(0, 0, checkpoint), replace(manifest, checkpoint=checkpoint)
     with writer.exclusive():
         confirmed = _confirmed(manifest, store, writer, appended) if appended else None
         if confirmed is not None:
@@ -234,9 +229,9 @@ def _reconcile_locked(
     )
 
 
-def _render(row: LedgerRow, manifest: Manifest) -> bytes:
+def _render(row: CommittedBio, manifest: Manifest) -> bytes:
     settings = manifest.settings
-    return encode_record(row.as_response(), settings.prompt_id, settings.prompt_version)
+    return encode_line(row, settings.prompt_id, settings.prompt_version)
 
 
 def _refuse_extra_lines(

@@ -1,16 +1,18 @@
 """One run of a job, from the frozen config to the final tally.
 
-The order matters and is the same for a new job and a resumed one:
+``run_job`` is one straight sequence, the same for a new job and a resumed one:
 
 1. take the job's run lock (a second run exits at once);
 2. decide new job / resume / refuse, without writing anything yet;
-3. check everything that can be checked before spending money: the input file, the prompt
-   settings and key, the database, its table and columns, the ledger table;
-4. open the output, write the manifest, reconcile the JSONL with the ledger;
+3. check everything that can be checked before spending money: the input file, the
+   database, its table and columns, the ledger table;
+4. open the output, write a new job's manifest, reconcile the JSONL with the ledger;
 5. process the artists not yet done; reconcile again and save the checkpoint.
 
-Nothing is written before step 4, so a run refused for a configuration mistake leaves no
-trace that would get in the way of the corrected run.
+Nothing is written before step 4 (``--overwrite`` aside, which moves the old files away),
+so a run refused for a configuration mistake leaves no trace that would get in the way of
+the corrected run. Everything opened is entered into one ``ExitStack`` and closed in reverse
+order, unless workers are left running (see ``LeftRunning``).
 """
 
 from __future__ import annotations
@@ -18,31 +20,45 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
-from psycopg_pool import ConnectionPool
-
-from ..api.client import create_client_pool
-from ..config import Config, check_runnable
+from ..api.client import ClientPool, create_client_pool
+from ..config import Config
 from ..database.connection import create_db_connection_pool, describe_database
 from ..database.schema import ensure_ledger, inspect_target_table
-from ..database.store import BioStore, new_job_id
+from ..database.store import BioStore
 from ..errors import ArtistBioGenError, UsageError
+from ..jobfiles import JobPaths, Manifest, write_manifest
 from ..models import ArtistData, ProcessingStats
 from ..utils.logging import TransactionLog
 from ..utils.uuidset import UuidSet
 from .failures import FailureLog, count_attempts
-from .job import Manifest, apply_manifest, new_manifest, read_manifest, write_manifest
+from .job import decide_job
+from .jsonl import JsonlWriter
+from .ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
 from .lock import RunLock
-from .output import JsonlWriter, move_aside
-from .parser import ArtistReader, estimate_rows
-from .paths import JobPaths
 from .processor import OutcomeCallback, Pipeline, RunControl, Tally, process_artists_concurrent
-from .recovery import reconcile, scan_jsonl
+from .reader import ArtistReader, estimate_rows
+from .recovery import scan_jsonl
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LeftRunning:
+    """Workers still in flight when the shutdown grace period ran out.
+
+    They may yet commit and append, so everything they use (the run lock, the JSONL writer,
+    the database pool, the API clients) stays open in ``resources``: the caller must end the
+    process now (``os._exit``) rather than close it, and the next run waits on the run lock
+    until this process is gone.
+    """
+
+    workers: int
+    resources: contextlib.ExitStack
 
 
 @dataclass(frozen=True)
@@ -50,29 +66,14 @@ class RunResult:
     """How a run ended."""
 
     stats: ProcessingStats
+    job_id: str
     error: ArtistBioGenError | None = None
     interrupted: bool = False
-    #: Artists still in flight when the shutdown grace period ran out.
-    abandoned: int = 0
-    job_id: str | None = None
+    left_running: LeftRunning | None = None
 
 
-@dataclass
-class _Session:
-    """What the run opened; closed in reverse order by ``_closing``."""
-
-    config: Config
-    paths: JobPaths
-    manifest: Manifest | None
-    pool: ConnectionPool | None = None
-    store: BioStore | None = None
-    writer: JsonlWriter | None = None
-    failures: FailureLog | None = None
-    txlog: TransactionLog | None = None
-    #: Workers still running when the run returned: their files must stay open.
-    abandoned: int = 0
-    #: The writer's (lines, bytes) counters when the manifest's checkpoint was saved.
-    mark: tuple[int, int] = (0, 0)
+class _Closable(Protocol):
+    def close(self) -> None: ...
 
 
 def run_job(
@@ -90,16 +91,42 @@ def run_job(
     paths = JobPaths(config.output_path)
     _check_output_location(paths)
     _check_transaction_log(config.transaction_log)
-    with RunLock(paths.run_lock) as lock, _closing(_Session(config, paths, None)) as session:
-        _decide_job(session)
-        _check_before_spending(session)
-        _open_outputs(session)
-        assert session.writer is not None
-        control.on_emergency(session.writer.freeze)
-        result = _process(session, control, on_outcome, on_start)
-        if result.abandoned:
-            lock.hold_until_exit()
-        return result
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(RunLock(paths.run_lock))
+        start = decide_job(config, paths)
+        job_id = start.manifest.job_id
+        ArtistReader(config.input_path).close()  # a missing or unreadable input fails here
+        ledger = _open_ledger(config, paths, job_id, stack)
+        writer = _closing(stack, _open_writer(config, paths))
+        control.on_emergency(writer.freeze)
+        if start.new:
+            write_manifest(paths, start.manifest)
+            logger.info("started job %s", job_id)
+        failures = _closing(stack, FailureLog(paths.failures, job_id))
+        txlog = _closing(
+            stack, TransactionLog(config.transaction_log or paths.transaction_log, job_id)
+        )
+        manifest = _reconcile(paths, ledger, start.manifest, writer, None)
+        mark = _Mark.of(writer)
+        done = _done_ids(paths, manifest, ledger)
+        pipeline = Pipeline(
+            settings=config.prompt,
+            client=_closing(stack, _clients(config)),
+            ledger=ledger,
+            writer=writer,
+            failures=failures,
+            txlog=txlog,
+            skip_existing=config.skip_existing,
+            api_key=config.api_key,
+            previous_attempts=count_attempts(paths.failures, job_id),
+        )
+        tally, stats = _process(config, pipeline, control, done, on_outcome, on_start)
+        if tally.abandoned:
+            left = _leave_running(stack, writer, tally.abandoned)
+            return RunResult(stats, job_id, control.error, control.interrupted, left)
+        # Quiet now (no worker can append), so the checkpoint is exact.
+        _reconcile(paths, ledger, manifest, writer, mark.since(writer))
+        return RunResult(stats, job_id, control.error, control.interrupted)
 
 
 def _check_output_location(paths: JobPaths) -> None:
@@ -118,92 +145,84 @@ def _check_transaction_log(path: Path | None) -> None:
         raise UsageError(f"--transaction-log '{path}' must be a file in an existing directory.")
 
 
-def _decide_job(session: _Session) -> None:
-    """New job, resume, or refuse; nothing is written here."""
-    config, paths = session.config, session.paths
-    manifest = read_manifest(paths)
-    has_lines = paths.output.exists() and paths.output.stat().st_size > 0
-    if config.resume:
-        session.manifest = _resume(config, paths, manifest, has_lines)
-        if session.manifest is not None:
-            session.config = apply_manifest(config, session.manifest)
-    elif manifest is not None or has_lines:
-        if not config.overwrite:
-            raise UsageError(_existing_output_message(paths, manifest))
-        for path in (paths.output, paths.manifest, paths.failures):
-            if path.exists():
-                move_aside(path)
-    check_runnable(session.config)
+C = TypeVar("C", bound=_Closable)
 
 
-def _resume(
-    config: Config, paths: JobPaths, manifest: Manifest | None, has_lines: bool
-) -> Manifest | None:
-    if manifest is not None:
-        logger.info("resuming job %s (%s)", manifest.job_id, paths.output)
-        return manifest
-    if has_lines:
-        logger.info("%s has no job manifest: adopting it as a legacy output", paths.output)
-        return None  # adopted when the output is opened (its size is the legacy prefix)
-    if config.input_path is None:
-        raise UsageError(
-            f"Nothing to resume: {paths.output} has no job (no {paths.manifest.name}); "
-            "start one with --input PATH."
-        )
-    logger.info("nothing to resume at %s; starting a new job", paths.output)
-    return None
+def _closing(stack: contextlib.ExitStack, resource: C) -> C:
+    """Close ``resource`` when the run ends; a failing close cannot cost a committed bio."""
+
+    def close() -> None:
+        with contextlib.suppress(Exception):
+            resource.close()
+
+    stack.callback(close)
+    return resource
 
 
-def _existing_output_message(paths: JobPaths, manifest: Manifest | None) -> str:
-    what = f"belongs to job {manifest.job_id}" if manifest else "already holds lines"
-    return (
-        f"{paths.output} {what}; pass --resume to continue it, --overwrite to move it aside "
-        "and start a new job, or choose another --output."
+def _open_ledger(
+    config: Config, paths: JobPaths, job_id: str, stack: contextlib.ExitStack
+) -> Ledger:
+    if config.db is None:
+        logger.warning('no database configured: writing the JSONL only (db_status "null")')
+        return JsonlOnlyLedger(paths.output)
+    where = describe_database(config.db.url)
+    pool = _closing(stack, create_db_connection_pool(config.db))
+    table = inspect_target_table(pool, config.db.table, where)
+    ensure_ledger(pool, where)
+    logger.info("writing bios to table %s in %s", config.db.table, where)
+    store = BioStore(pool, config.db, table)
+    return DatabaseLedger(store, config.job_ref(job_id), keep_existing=config.skip_existing)
+
+
+def _open_writer(config: Config, paths: JobPaths) -> JsonlWriter:
+    return JsonlWriter(paths.output, fsync_interval=config.fsync_interval, hold_lock=True)
+
+
+def _clients(config: Config) -> ClientPool:
+    return create_client_pool(
+        config.api_key,
+        config.base_url,
+        workers=config.max_workers,
+        timeout=config.request_timeout,
+        max_retries=config.max_retries,
     )
 
 
-def _check_before_spending(session: _Session) -> None:
-    config = session.config
-    assert config.input_path is not None
-    ArtistReader(config.input_path).close()  # a missing or unreadable input fails here
-    if config.db is None:
-        logger.warning('no database configured: writing the JSONL only (db_status "null")')
-        return
-    where = describe_database(config.db.url)
-    session.pool = create_db_connection_pool(config.db)
-    table = inspect_target_table(session.pool, config.db.table, where)
-    ensure_ledger(session.pool, where)
-    session.store = BioStore(session.pool, config.db, table)
-    logger.info("writing bios to table %s in %s", config.db.table, where)
-
-
-def _open_outputs(session: _Session) -> None:
-    config, paths = session.config, session.paths
-    session.writer = JsonlWriter(paths.output, fsync_interval=config.fsync_interval, hold_lock=True)
-    if session.manifest is None:
-        legacy_prefix = paths.output.stat().st_size if config.resume else 0
-        session.manifest = new_manifest(config, new_job_id(), legacy_prefix)
-        write_manifest(paths, session.manifest)
-        logger.info("started job %s", session.manifest.job_id)
-    job_id = session.manifest.job_id
-    session.failures = FailureLog(paths.failures, job_id)
-    session.txlog = TransactionLog(config.transaction_log or paths.transaction_log, job_id)
-    _reconcile(session)
-
-
-def _reconcile(session: _Session, *, end_of_run: bool = False) -> None:
-    assert session.manifest is not None and session.writer is not None
-    writer = session.writer
-    appended = None
-    if end_of_run:
-        lines, size = session.mark
-        appended = (writer.appended_lines - lines, writer.appended_bytes - size)
-    result, manifest = reconcile(session.manifest, session.store, writer, appended)
-    session.manifest = manifest
-    write_manifest(session.paths, manifest)
-    # What the writer has appended so far is covered by the checkpoint just saved.
-    session.mark = (writer.appended_lines, writer.appended_bytes)
+def _reconcile(
+    paths: JobPaths,
+    ledger: Ledger,
+    manifest: Manifest,
+    writer: JsonlWriter,
+    appended: tuple[int, int] | None,
+) -> Manifest:
+    """Reconcile and save the new checkpoint; returns the manifest holding it."""
+    result, manifest = ledger.reconcile(manifest, writer, appended)
+    write_manifest(paths, manifest)
     logger.debug("reconciled: %d lines scanned, %d appended", result.scanned_lines, result.appended)
+    return manifest
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """The writer's counters when the manifest's checkpoint was saved."""
+
+    lines: int
+    size: int
+
+    @classmethod
+    def of(cls, writer: JsonlWriter) -> _Mark:
+        return cls(writer.appended_lines, writer.appended_bytes)
+
+    def since(self, writer: JsonlWriter) -> tuple[int, int]:
+        """(lines, bytes) the writer appended after this mark."""
+        return writer.appended_lines - self.lines, writer.appended_bytes - self.size
+
+
+def _done_ids(paths: JobPaths, manifest: Manifest, ledger: Ledger) -> UuidSet:
+    done = ledger.done_ids(manifest)
+    if manifest.legacy_prefix:
+        done.update(scan_jsonl(paths.output, 0, manifest.legacy_prefix).ids)
+    return done
 
 
 @dataclass
@@ -211,7 +230,7 @@ class _GiveUpFilter:
     """Drops artists that failed ``max_attempts`` times already (a poison artist must not
     cost money every night); counts them."""
 
-    attempts: dict[str, int]
+    attempts: Mapping[str, int]
     max_attempts: int
     given_up: int = 0
 
@@ -223,37 +242,21 @@ class _GiveUpFilter:
             yield artist
 
 
-def _done_ids(session: _Session) -> UuidSet:
-    manifest = session.manifest
-    assert manifest is not None
-    path = session.paths.output
-    legacy = (
-        scan_jsonl(path, 0, manifest.legacy_prefix).ids if manifest.legacy_prefix else UuidSet()
-    )
-    if session.store is None:
-        legacy.update(scan_jsonl(path, manifest.legacy_prefix).ids)
-        return legacy
-    done = session.store.done_ids(manifest.job_id)
-    done.update(legacy)
-    return done
-
-
 def _process(
-    session: _Session,
+    config: Config,
+    pipeline: Pipeline,
     control: RunControl,
+    done: UuidSet,
     on_outcome: OutcomeCallback | None,
     on_start: Callable[[int], None] | None,
-) -> RunResult:
-    config, manifest = session.config, session.manifest
-    assert manifest is not None and config.input_path is not None
-    done = _done_ids(session)
-    attempts = dict(count_attempts(session.paths.failures, manifest.job_id))
-    give_up = _GiveUpFilter(attempts, config.max_attempts if not config.retry_failed else 10**9)
-    to_go = max(0, estimate_rows(config.input_path) - len(done)) if done or config.resume else None
-    _log_start(len(done), to_go)
+) -> tuple[Tally, ProcessingStats]:
+    cap = config.max_attempts if not config.retry_failed else 10**9
+    give_up = _GiveUpFilter(pipeline.previous_attempts, cap)
+    if done or config.resume:
+        to_go = max(0, estimate_rows(config.input_path) - len(done))
+        logger.info("resumed: %s already done, about %s to go", f"{len(done):,}", f"{to_go:,}")
     if on_start is not None:
         on_start(len(done))
-    pipeline = _pipeline(session, attempts)
     started = time.monotonic()
     with ArtistReader(config.input_path, skip_ids=done) as reader:
         tally = process_artists_concurrent(
@@ -271,49 +274,7 @@ def _process(
             give_up.given_up,
             config.max_attempts,
         )
-    session.abandoned = tally.abandoned
-    if tally.abandoned == 0:
-        # Abandoned workers may still be inside an API call: their clients stay open then.
-        _close_api_clients(pipeline)
-        # Quiet now (no worker can append), so the checkpoint is exact.
-        _reconcile(session, end_of_run=True)
-    return RunResult(stats, control.error, control.interrupted, tally.abandoned, manifest.job_id)
-
-
-def _log_start(done_count: int, to_go: int | None) -> None:
-    if to_go is not None:
-        logger.info("resumed: %s already done, about %s to go", f"{done_count:,}", f"{to_go:,}")
-
-
-def _pipeline(session: _Session, attempts: dict[str, int]) -> Pipeline:
-    config, manifest = session.config, session.manifest
-    assert manifest and session.writer and session.failures and session.txlog
-    client = create_client_pool(
-        config.api_key,
-        config.base_url,
-        workers=config.max_workers,
-        timeout=config.request_timeout,
-        max_retries=config.max_retries,
-    )
-    return Pipeline(
-        job_id=manifest.job_id,
-        settings=config.prompt,
-        client=client,
-        store=session.store,
-        writer=session.writer,
-        failures=session.failures,
-        txlog=session.txlog,
-        skip_existing=config.skip_existing,
-        api_key=config.api_key,
-        previous_attempts=attempts,
-    )
-
-
-def _close_api_clients(pipeline: Pipeline) -> None:
-    """Close the API clients' connections (every client of a ``ClientPool``)."""
-    if pipeline.client is not None:
-        with contextlib.suppress(Exception):  # the bios are committed; a close error is moot
-            pipeline.client.close()
+    return tally, stats
 
 
 def _stats(reader: ArtistReader, tally: Tally, elapsed: float, given_up: int) -> ProcessingStats:
@@ -325,23 +286,16 @@ def _stats(reader: ArtistReader, tally: Tally, elapsed: float, given_up: int) ->
         already_done=reader.already_done,
         bad_lines=reader.error_lines,
         duplicate_lines=reader.duplicate_lines,
-        not_started=tally.not_started,
+        # Artists left running past the grace period never got an outcome either.
+        not_started=tally.not_started + tally.abandoned,
         elapsed_seconds=elapsed,
         tokens=tally.tokens,
     )
 
 
-@contextlib.contextmanager
-def _closing(session: _Session) -> Iterator[_Session]:
-    try:
-        yield session
-    finally:
-        if session.abandoned and session.writer is not None:
-            # Workers may still append: closing the descriptor could let its number be
-            # reused by another file under their feet. Freeze it; the caller exits next.
-            session.writer.freeze()
-        else:
-            for resource in (session.txlog, session.failures, session.writer, session.pool):
-                if resource is not None:
-                    with contextlib.suppress(Exception):
-                        resource.close()
+def _leave_running(stack: contextlib.ExitStack, writer: JsonlWriter, workers: int) -> LeftRunning:
+    """Keep everything open for workers that outlived the grace period (see LeftRunning)."""
+    # Closing the JSONL's descriptor could let its number be reused by another file under
+    # a worker's feet; freezing it instead stops any append from starting or being cut.
+    writer.freeze()
+    return LeftRunning(workers, stack.pop_all())

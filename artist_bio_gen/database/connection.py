@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 _SCHEMES = ("postgresql://", "postgres://")
 
 
-def validate_database_url(url: str | None) -> bool:
-    """Whether ``url`` is a usable ``postgresql://`` URL (legacy name and signature)."""
+def is_database_url(url: str | None) -> bool:
+    """Whether ``url`` is a usable ``postgresql://`` URL."""
     if not url or not url.startswith(_SCHEMES):
         return False
     try:
@@ -39,7 +39,7 @@ def require_database_url(url: str | None) -> str:
             "No database URL is configured; set DATABASE_URL or pass --db-url "
             "(or --no-db to write the JSONL only)."
         )
-    if not validate_database_url(url):
+    if not is_database_url(url):
         raise ConfigError(
             "The database URL is not valid; it should look like "
             "postgresql://user:password@host:5432/dbname."

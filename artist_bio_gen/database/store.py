@@ -13,20 +13,22 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..errors import DatabaseUnavailableError
-from ..models import ApiResponse, DatabaseConfig, DatabaseResult, TokenUsage
+from ..models import CommittedBio, DatabaseConfig, GeneratedBio, JobRef, TokenUsage
 from ..utils.uuidset import UuidSet
 from .connection import describe_database, first_line, redact
-from .schema import LEDGER_TABLE, TargetTable, parse_table_name
+from .schema import LEDGER_TABLE, TargetTable
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Errors after which the connection's state is unknown and the write must be re-checked.
 CONNECTION_ERRORS = (psycopg.OperationalError, PoolTimeout)
@@ -37,53 +39,9 @@ _LEDGER_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class BioRow:
-    """A bio ready to commit (what the API returned for one artist)."""
-
-    job_id: str
-    artist_id: str
-    artist_name: str
-    artist_data: str | None
-    response_id: str
-    response_text: str
-    created: int
-    prompt_id: str | None
-    prompt_version: str | None
-    model: str | None
-    tokens: TokenUsage
-
-
-@dataclass(frozen=True)
-class LedgerRow:
-    """A committed ledger row: everything needed to render its JSONL line."""
-
-    artist_id: str
-    artist_name: str
-    artist_data: str | None
-    response_id: str
-    response_text: str
-    created: int
-    db_status: str
-    tokens: TokenUsage
-    seq: int
-
-    def as_response(self) -> ApiResponse:
-        """The row as the record the JSONL line is rendered from."""
-        return ApiResponse(
-            artist_id=self.artist_id,
-            artist_name=self.artist_name,
-            artist_data=self.artist_data,
-            response_text=self.response_text,
-            response_id=self.response_id,
-            created=self.created,
-            db_status=self.db_status,
-        )
-
-
-def _ledger_row(values: tuple) -> LedgerRow:
+def _committed(values: tuple) -> CommittedBio:
     artist_id, name, data, response_id, text, created, status, tin, tout, ttotal, seq = values
-    return LedgerRow(
+    return CommittedBio(
         artist_id=str(artist_id),
         artist_name=name,
         artist_data=data,
@@ -115,8 +73,10 @@ class BioStore:
             raise RuntimeError("this BioStore was opened without a target table")
         return self._statements
 
-    def commit(self, row: BioRow, *, keep_existing: bool = False) -> LedgerRow:
-        """Commit ``row``; returns the ledger row as committed (possibly by an earlier try).
+    def commit(
+        self, bio: GeneratedBio, job: JobRef, *, keep_existing: bool = False
+    ) -> CommittedBio:
+        """Commit ``bio`` for ``job``; returns it as committed (possibly by an earlier try).
 
         Retries while the database is unreachable for up to ``retry_seconds``, then raises
         ``DatabaseUnavailableError``. Other database errors propagate (they concern this
@@ -124,45 +84,52 @@ class BioStore:
         """
         statements = self._sql()
         statement = statements.commit_keep if keep_existing else statements.commit
-        params = _commit_params(row)
+        params = _commit_params(bio, job)
+        artist_id = bio.artist.artist_id
         uncertain = False
-        for _ in self._retrying("commit"):
-            try:
-                with self._pool.connection() as conn:
-                    if uncertain and (done := self._fetch(conn, row.job_id, row.artist_id)):
-                        return done
-                    uncertain = True  # from here on a dropped connection leaves it unknown
-                    values = conn.execute(statement, params).fetchone()
-                    if values is None:  # the guard saw an earlier commit of this artist
-                        return self._fetch(conn, row.job_id, row.artist_id)  # type: ignore[return-value]
-                    return _ledger_row(values)
-            except PoolClosed:
-                raise  # the run is shutting down; retrying cannot help
-            except CONNECTION_ERRORS as exc:
-                self._note_connection_error("commit", exc)
-        raise AssertionError("unreachable")  # _retrying raises when the budget is spent
+
+        def attempt() -> CommittedBio:
+            nonlocal uncertain
+            with self._pool.connection() as conn:
+                if uncertain and (done := self._fetch(conn, job.job_id, artist_id)):
+                    return done
+                uncertain = True  # from here on a dropped connection leaves it unknown
+                values = conn.execute(statement, params).fetchone()
+                if values is None:
+                    # The guard saw an earlier commit of this artist: that one stands.
+                    return self._committed_before(conn, job.job_id, artist_id)
+                return _committed(values)
+
+        return self._with_retries("commit", attempt)
 
     def has_bio(self, artist_id: str) -> bool | None:
         """True/False whether the user's row has a bio; None when there is no such row."""
-        for _ in self._retrying("bio lookup"):
-            try:
-                with self._pool.connection() as conn:
-                    found = conn.execute(self._sql().has_bio, (artist_id,)).fetchone()
-                    return None if found is None else bool(found[0])
-            except PoolClosed:
-                raise
-            except CONNECTION_ERRORS as exc:
-                self._note_connection_error("bio lookup", exc)
-        raise AssertionError("unreachable")
 
-    def _fetch(self, conn: psycopg.Connection, job_id: str, artist_id: str) -> LedgerRow | None:
+        def attempt() -> bool | None:
+            with self._pool.connection() as conn:
+                found = conn.execute(self._sql().has_bio, (artist_id,)).fetchone()
+                return None if found is None else bool(found[0])
+
+        return self._with_retries("bio lookup", attempt)
+
+    def _committed_before(
+        self, conn: psycopg.Connection, job_id: str, artist_id: str
+    ) -> CommittedBio:
+        found = self._fetch(conn, job_id, artist_id)
+        if found is None:
+            # The statement inserts unless a row exists; no row now means it was deleted
+            # under our feet, which only a human can explain.
+            raise psycopg.DataError(f"the ledger row of artist {artist_id} vanished")
+        return found
+
+    def _fetch(self, conn: psycopg.Connection, job_id: str, artist_id: str) -> CommittedBio | None:
         values = conn.execute(
             f"SELECT {_LEDGER_COLUMNS} FROM {LEDGER_TABLE} WHERE job_id = %s AND artist_id = %s",
             (job_id, artist_id),
         ).fetchone()
-        return None if values is None else _ledger_row(values)
+        return None if values is None else _committed(values)
 
-    def iter_job_rows(self, job_id: str, after_seq: int = 0) -> Iterator[LedgerRow]:
+    def iter_job_rows(self, job_id: str, after_seq: int = 0) -> Iterator[CommittedBio]:
         """Committed rows of a job in commit order, streamed with a server-side cursor."""
         with self._pool.connection() as conn, conn.transaction():
             cursor = conn.cursor(name="ledger_rows")
@@ -172,7 +139,7 @@ class BioStore:
                 (job_id, after_seq),
             )
             for values in cursor:
-                yield _ledger_row(values)
+                yield _committed(values)
 
     def wait_for_job_commits(self, job_id: str) -> None:
         """Return once no commit of this job is running anywhere.
@@ -239,13 +206,22 @@ class BioStore:
         present = {row[0] for row in rows}
         return [artist_id for artist_id in artist_ids if artist_id not in present]
 
-    def _retrying(self, what: str) -> Iterator[int]:
-        """Yield attempt numbers with backoff until the retry budget is spent."""
+    def _with_retries(self, what: str, attempt: Callable[[], T]) -> T:
+        """``attempt()``, retried with backoff while the database is unreachable.
+
+        Raises ``DatabaseUnavailableError`` once ``retry_seconds`` have passed without an
+        answer. A closed pool means the run is shutting down: retrying cannot help.
+        """
         deadline = time.monotonic() + self._config.retry_seconds
-        attempt = 0
+        tries = 0
         while True:
-            yield attempt
-            attempt += 1
+            try:
+                return attempt()
+            except PoolClosed:
+                raise
+            except CONNECTION_ERRORS as exc:
+                self._note_connection_error(what, exc)
+            tries += 1
             if time.monotonic() >= deadline:
                 raise DatabaseUnavailableError(
                     f"The database at {self._where} did not answer for "
@@ -253,7 +229,7 @@ class BioStore:
                     "saved: run again with --resume once the database is back."
                 )
             # Capped low: once the server is back, workers should notice within seconds.
-            time.sleep(min(0.2 * 2**attempt, 2.0))
+            time.sleep(min(0.2 * 2**tries, 2.0))
 
     def _note_connection_error(self, what: str, exc: BaseException) -> None:
         self._last_error = redact(first_line(exc), self._config.url)
@@ -320,54 +296,26 @@ def _commit_statement(table: TargetTable, *, skip_existing: bool) -> sql.Compose
     )
 
 
-def _commit_params(row: BioRow) -> dict[str, object]:
+def _commit_params(bio: GeneratedBio, job: JobRef) -> dict[str, object]:
+    artist = bio.artist
     return {
-        "job_key": job_lock_key(row.job_id),
-        "job_id": row.job_id,
-        "artist_id": row.artist_id,
-        "name": row.artist_name,
-        "data": row.artist_data,
-        "response_id": row.response_id,
-        "text": row.response_text,
-        "prompt_id": row.prompt_id,
-        "prompt_version": row.prompt_version,
-        "model": row.model,
-        "created": row.created,
-        "tin": row.tokens.input_tokens,
-        "tout": row.tokens.output_tokens,
-        "ttotal": row.tokens.total_tokens,
+        "job_key": job_lock_key(job.job_id),
+        "job_id": job.job_id,
+        "artist_id": artist.artist_id,
+        "name": artist.name,
+        "data": artist.data,
+        "response_id": bio.response_id,
+        "text": bio.text,
+        "prompt_id": job.prompt_id,
+        "prompt_version": job.prompt_version,
+        "model": job.model,
+        "created": bio.created,
+        "tin": bio.tokens.input_tokens,
+        "tout": bio.tokens.output_tokens,
+        "ttotal": bio.tokens.total_tokens,
     }
-
-
-def update_artist_bio(
-    connection: psycopg.Connection,
-    artist_id: str,
-    bio: str,
-    table: str = "artists",
-    skip_existing: bool = False,
-) -> DatabaseResult:
-    """Set one artist's bio outside any job (legacy name and signature; no ledger row).
-
-    The tool itself commits through ``BioStore.commit`` so that the JSONL can be rebuilt;
-    this helper is kept for scripts that used the legacy function.
-    """
-    keep = sql.SQL(" AND bio IS NULL") if skip_existing else sql.SQL("")
-    statement = sql.SQL("UPDATE {} SET bio = %s WHERE id = %s{}").format(
-        parse_table_name(table), keep
-    )
-    try:
-        with connection.transaction():
-            rows = connection.execute(statement, (bio, artist_id)).rowcount
-    except psycopg.Error as exc:
-        return DatabaseResult(False, 0, first_line(exc))
-    return DatabaseResult(True, rows)
 
 
 def job_lock_key(job_id: str) -> int:
     """The advisory-lock key of a job: commits hold it shared, reconciliation exclusive."""
     return int.from_bytes(uuid.UUID(job_id).bytes[:8], "big", signed=True)
-
-
-def new_job_id() -> str:
-    """A fresh job id."""
-    return str(uuid.uuid4())

@@ -2,7 +2,7 @@
 
 Console: human lines on stderr (stdout stays free for what a user asks for, e.g. dry-run
 payloads). A filter scrubs the API key and the database password out of every message, as a
-second line of defence behind the modules' own care (guarantee G9).
+second line of defence behind the modules' own care: no secret reaches any output.
 
 Transaction log: one JSON object per line, per commit and per failure, written through the
 standard logging machinery (logger ``artist_bio_gen.transactions``) to a file beside the
@@ -119,3 +119,9 @@ class TransactionLog:
             self._logger.removeHandler(self._handler)
             self._handler.close()
             self._handler = None
+
+    def __enter__(self) -> TransactionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

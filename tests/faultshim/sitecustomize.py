@@ -38,7 +38,7 @@ from typing import Any
 
 POINTS = ("after_commit", "mid_write", "before_fsync")
 _STORE_MODULE = "artist_bio_gen.database.store"
-_OUTPUT_MODULE = "artist_bio_gen.core.output"
+_OUTPUT_MODULE = "artist_bio_gen.core.jsonl"
 
 _real_write = os.write
 _real_fsync = os.fsync
@@ -102,7 +102,7 @@ def _patch_store(module: ModuleType, n: int) -> None:
 
 
 class _OsProxy:
-    """Stands in for ``os`` inside the output module; only write and fsync are changed."""
+    """Stands in for ``os`` inside the JSONL writer module; only write and fsync are changed."""
 
     def __init__(self, point: str, n: int, file_name: str) -> None:
         self._point = point

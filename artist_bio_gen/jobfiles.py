@@ -1,0 +1,173 @@
+"""The files a job keeps beside its JSONL output, and the job manifest's format.
+
+Everything a job needs to resume lives next to the output, so ``--output X`` alone identifies
+the job. For ``out.jsonl`` the side files are ``out.job.json`` (the manifest),
+``out.failures.jsonl``, ``out.transactions.jsonl``, ``out.jsonl.lock`` and ``out.run.lock``.
+
+The manifest records the job id (the key of its ledger rows), the input file and the
+settings that define what a bio of this job is (prompt, model, instructions, database and
+table), plus a checkpoint of how far the JSONL and the ledger are known to agree. It is
+replaced atomically, carries a ``format`` number, and a format this version does not know
+(written by a newer version of the tool) is refused instead of being misread.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .models import JobRef
+from .utils.durable import atomic_write
+
+#: The manifest format this version writes and reads.
+FORMAT = 1
+
+
+def _stem(output: Path) -> str:
+    # "out.jsonl" -> "out"; any other name keeps its full name so that "a.json" and "a.jsonl"
+    # never share side files.
+    return output.stem if output.suffix == ".jsonl" else output.name
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """The output path and the side files derived from it."""
+
+    output: Path
+
+    def _side(self, suffix: str) -> Path:
+        return self.output.with_name(_stem(self.output) + suffix)
+
+    @property
+    def append_lock(self) -> Path:
+        """Lock taken around every append, shared by all processes writing the output."""
+        return self.output.with_name(self.output.name + ".lock")
+
+    @property
+    def run_lock(self) -> Path:
+        """Lock held for a whole run so that two runs never work on one job."""
+        return self._side(".run.lock")
+
+    @property
+    def manifest(self) -> Path:
+        """The job manifest (job id, input, settings)."""
+        return self._side(".job.json")
+
+    @property
+    def failures(self) -> Path:
+        """One JSON line per failed attempt (machine-readable, never the main JSONL)."""
+        return self._side(".failures.jsonl")
+
+    @property
+    def transaction_log(self) -> Path:
+        """Default place of the structured per-commit transaction log."""
+        return self._side(".transactions.jsonl")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A point at which the JSONL (first ``jsonl_size`` bytes) and the ledger (rows up to
+    ``ledger_seq``) were known to hold exactly the same artists."""
+
+    jsonl_size: int = 0
+    ledger_seq: int = 0
+    lines: int = 0
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The settings that define a job's bios."""
+
+    prompt_id: str | None
+    prompt_version: str | None
+    model: str | None
+    instructions_sha256: str | None
+    database: str | None
+    table: str | None
+    skip_existing: bool
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The contents of the manifest file."""
+
+    job_id: str
+    input: str
+    settings: JobSettings
+    created_at: str
+    checkpoint: Checkpoint = Checkpoint()
+    #: Bytes at the start of the JSONL written by the legacy tool before this job adopted
+    #: the file; they are not mirrored in the ledger and are left as they are.
+    legacy_prefix: int = 0
+    #: The database URL is not stored (it may hold a password); instructions are stored in
+    #: full so that a resume sends exactly the same request.
+    instructions: str | None = field(default=None)
+
+    @property
+    def job_ref(self) -> JobRef:
+        """What every ledger row of this job records about its prompt."""
+        settings = self.settings
+        return JobRef(self.job_id, settings.prompt_id, settings.prompt_version, settings.model)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as written to disk."""
+        data = asdict(self)
+        data["format"] = FORMAT
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        """Parse what ``to_json`` wrote (the caller has checked the format)."""
+        return cls(
+            job_id=data["job_id"],
+            input=data["input"],
+            settings=JobSettings(**data["settings"]),
+            created_at=data["created_at"],
+            checkpoint=Checkpoint(**data.get("checkpoint") or {}),
+            legacy_prefix=int(data.get("legacy_prefix", 0)),
+            instructions=data.get("instructions"),
+        )
+
+
+def read_manifest(paths: JobPaths) -> Manifest | None:
+    """The job's manifest, or None when the output has none."""
+    try:
+        data = json.loads(paths.manifest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"The job manifest {paths.manifest} cannot be read ({exc}); restore it from a "
+            "backup, or start a new job with another --output."
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"The job manifest {paths.manifest} is not a JSON object.")
+    _check_format(paths.manifest, data.get("format"))
+    try:
+        return Manifest.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"The job manifest {paths.manifest} is incomplete ({exc}).") from None
+
+
+def _check_format(path: Path, found: object) -> None:
+    if found == FORMAT:
+        return
+    if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT:
+        raise ConfigError(
+            f"The job manifest {path} has format {found}, written by a newer version of "
+            f"artist-bio-gen (this one reads format {FORMAT}); upgrade artist-bio-gen to "
+            "continue this job."
+        )
+    raise ConfigError(
+        f"The job manifest {path} has an unknown format ({found!r}; this version reads "
+        f"format {FORMAT}); restore it from a backup, or start a new job with another --output."
+    )
+
+
+def write_manifest(paths: JobPaths, manifest: Manifest) -> None:
+    """Replace the manifest atomically (a crash leaves the old or the new one, whole)."""
+    text = json.dumps(manifest.to_json(), indent=2) + "\n"
+    atomic_write(paths.manifest, text.encode("utf-8"))

@@ -1,4 +1,4 @@
-"""The user's table (checked, never altered) and our ledger table (created idempotently).
+"""The user's table (checked, never altered) and our tables (created by migrations).
 
 The ledger, ``artist_bio_ledger``, holds one row per bio committed by a job. It is written in
 the same statement as the user's ``bio`` column, so a row exists exactly when the bio was
@@ -25,6 +25,21 @@ output_tokens   integer
 total_tokens    integer
 committed_at    timestamptz  commit time
 ==============  ===========  ====================================================
+
+Our tables change only through ``LEDGER_MIGRATIONS`` (``migrations.py`` has the design):
+``ensure_ledger`` applies, under an advisory lock and in one transaction, the migrations not
+yet recorded in the version table, ``artist_bio_gen_migrations``:
+
+==============  ===========  ====================================================
+column          type         meaning
+==============  ===========  ====================================================
+name            text         a migration's name (primary key), e.g. ``m001_ledger_table``
+applied_at      timestamptz  when it was applied
+==============  ===========  ====================================================
+
+A new column goes in a new migration appended to ``LEDGER_MIGRATIONS`` (never by editing
+``_LEDGER_DDL``, which databases already hold), together with this table and the README's
+SQL for administrators.
 """
 
 from __future__ import annotations
@@ -39,6 +54,7 @@ from psycopg_pool import ConnectionPool
 
 from ..errors import ConfigError
 from .connection import first_line
+from .migrations import VERSION_TABLE, Migrations
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +82,20 @@ CREATE TABLE IF NOT EXISTS artist_bio_ledger (
 )
 """
 
-# Any fixed number works; it only has to be the same for every run creating the ledger, so
-# that two first runs starting together do not race on CREATE TABLE.
-_DDL_LOCK_KEY = 0x61726269  # "arbi"
+#: The migrations of our tables, in order. Their names are recorded in users' databases:
+#: never rename or reorder a released one; append new ones.
+LEDGER_MIGRATIONS = Migrations()
+
+
+@LEDGER_MIGRATIONS.register
+def m001_ledger_table(conn: psycopg.Connection) -> None:
+    """The ledger as first released.
+
+    IF NOT EXISTS adopts a ledger created before the registry existed (by an earlier version
+    or by an administrator): the table and its rows are left exactly as they are.
+    """
+    conn.execute(_LEDGER_DDL)
+
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -131,15 +158,22 @@ def _missing_column_message(table: str, column: str, where: str) -> str:
     return f"Table '{table}' in {where} has no '{column}' column; {fix}."
 
 
-def ensure_ledger(pool: ConnectionPool, where: str) -> None:
-    """Create the ledger table if it is missing (safe when several runs start together)."""
+def ensure_ledger(
+    pool: ConnectionPool, where: str, migrations: Migrations = LEDGER_MIGRATIONS
+) -> list[str]:
+    """Bring our tables up to date; returns the names of the migrations applied (if any).
+
+    Safe when several runs start together (they queue on an advisory lock) and all or
+    nothing (one transaction). Runs no DDL when everything is already recorded, so a user
+    without CREATE works against tables an administrator set up. Raises ``ConfigError``
+    when the database was set up by a newer version or the user may not create the tables.
+    ``migrations`` is for tests; the tool always uses ``LEDGER_MIGRATIONS``.
+    """
     try:
-        with pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK_KEY,))
-            conn.execute(_LEDGER_DDL)
+        return migrations.apply(pool, where)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise ConfigError(
-            f"Cannot create the ledger table {LEDGER_TABLE} in {where} "
-            f"({first_line(exc)}); ask an administrator to create it (README, 'Database') "
+            f"Cannot set up the ledger tables {LEDGER_TABLE} and {VERSION_TABLE} in {where} "
+            f"({first_line(exc)}); ask an administrator to create them (README, 'Database') "
             "or grant CREATE on the schema."
         ) from exc

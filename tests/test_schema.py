@@ -28,9 +28,9 @@ from artist_bio_gen.database.schema import (
     inspect_target_table,
     m001_ledger_table,
 )
-from artist_bio_gen.database.store import BioRow, BioStore
+from artist_bio_gen.database.store import BioStore
 from artist_bio_gen.errors import ConfigError
-from artist_bio_gen.models import DatabaseConfig, TokenUsage
+from artist_bio_gen.models import ArtistData, DatabaseConfig, GeneratedBio, JobRef, TokenUsage
 
 from .conftest import ROOT
 from .fake_openai import FakeOpenAI
@@ -373,20 +373,15 @@ def test_the_readme_admin_sql_lets_a_user_without_create_run(
         database.seed([artist])
         config = DatabaseConfig(url=limited_user, pool_size=2, retry_seconds=5)
         store = BioStore(pool, config, inspect_target_table(pool, "artists", where))
-        row = BioRow(
-            job_id=str(uuid.uuid4()),
-            artist_id=artist.artist_id,
-            artist_name=artist.name,
-            artist_data=None,
+        bio = GeneratedBio(
+            artist=ArtistData(artist.artist_id, artist.name, None),
             response_id="resp_1",
-            response_text="A bio.",
+            text="A bio.",
             created=1_700_000_000,
-            prompt_id="p",
-            prompt_version=None,
-            model=None,
             tokens=TokenUsage(1, 2, 3),
         )
-        assert store.commit(row).db_status == "updated"
+        job = JobRef(job_id=str(uuid.uuid4()), prompt_id="p", prompt_version=None, model=None)
+        assert store.commit(bio, job).db_status == "updated"
         assert database.bios()[artist.artist_id] == "A bio."
     finally:
         pool.close()

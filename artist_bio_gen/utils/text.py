@@ -3,6 +3,12 @@
 Everything here is a hand-written scanner rather than one big regular expression, so that the
 cost stays linear in the input length even on long, hostile or malformed text (nested quantifiers
 over "links separated by anything" are the classic catastrophic-backtracking trap).
+
+The API client (``api/client.py``) is the only caller in the tool, yet this stays in ``utils``:
+it is pure text processing that needs nothing from the API layer, and
+``artist_bio_gen.utils.text.strip_trailing_citations`` is a public import path that scripts
+written for the legacy tool use. Moving it up into ``api/`` would leave this module
+re-exporting from a higher layer.
 """
 
 from __future__ import annotations

@@ -359,3 +359,57 @@ def test_a_missing_or_unknown_exit_code_is_caught() -> None:
         "exit code 7 (EXIT_NEW) is missing from the README table",
         "the README table lists exit code 8, which exit_codes.py lacks",
     ]
+
+
+# --- the repository explains itself --------------------------------------------------------
+
+#: Pointers to documents that are not in the repository: numbered guarantees ("G1") of an
+#: outside design document, the design and legacy documents themselves, a shared directory.
+OUTSIDE_REFERENCE = re.compile(r"\bG[0-9]+\b|\bDESIGN\b|\bLEGACY\.md\b|\.\./shared")
+
+
+def outside_references(paths: list[Path]) -> list[str]:
+    """``file:line: text`` of every line that points outside the repository."""
+    found = []
+    for path in paths:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if OUTSIDE_REFERENCE.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    return found
+
+
+def _text_files(where: str) -> list[Path]:
+    path = ROOT / where
+    if path.is_file():
+        return [path]
+    files = [p for p in sorted(path.rglob("*")) if p.suffix in {".py", ".md"}]
+    # This file spells the patterns out.
+    return [p for p in files if p != Path(__file__).resolve()]
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "artist_bio_gen",
+        "benchmarks",
+        "docs",
+        "README.md",
+        "AGENTS.md",
+        ".env.example",
+        pytest.param(
+            "tests",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="tests/helpers.py ('guarantees G1-G3') and tests/conftest.py "
+                "('LEGACY.md') are moving to tests/support/ on another branch; say what is "
+                "meant in words there, then drop this mark",
+            ),
+        ),
+    ],
+)
+def test_nothing_refers_to_documents_outside_the_repository(where: str) -> None:
+    found = outside_references(_text_files(where))
+    assert not found, (
+        "say what is meant in words (e.g. 'committed only: a line only after its commit') "
+        "or point at a file of the repository:\n  " + "\n  ".join(found)
+    )

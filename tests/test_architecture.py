@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 
 PACKAGE = "artist_bio_gen"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
+ARCHITECTURE_MD = PACKAGE_DIR.parent / "docs" / "ARCHITECTURE.md"
 
 #: The layers, lowest first. Patterns are module paths relative to the package, without
 #: ``.py`` (``utils/*`` matches ``utils/__init__`` and every module in ``utils/``).
@@ -222,3 +224,38 @@ def test_package_modules_import_each_other_in_no_cycle() -> None:
 def test_the_cycle_finder_finds_cycles(graph: dict[str, set[str]], cycles: list) -> None:
     found = [c for c in strongly_connected_components(graph) if len(c) > 1]
     assert found == cycles
+
+
+# --- docs/ARCHITECTURE.md describes the same layers and modules -----------------------------
+
+
+def _doc_pattern(pattern: str) -> str:
+    """``utils/*`` stays as it is; ``models`` is written ``models.py`` in the document."""
+    return pattern if pattern.endswith("/*") else pattern + ".py"
+
+
+def test_the_architecture_doc_shows_the_same_layers() -> None:
+    text = ARCHITECTURE_MD.read_text(encoding="utf-8")
+    problems = []
+    for index, (name, patterns) in enumerate(LAYERS):
+        row = re.search(rf"^\| {index} {name} \|([^|]*)\|", text, re.MULTILINE)
+        if row is None:
+            problems.append(f"no row '| {index} {name} |' in the layer table")
+            continue
+        listed = set(re.findall(r"`([^`]+)`", row[1]))
+        expected = {_doc_pattern(pattern) for pattern in patterns}
+        if listed != expected:
+            problems.append(
+                f"layer {index} {name}: the document lists {sorted(listed)}, "
+                f"LAYERS {sorted(expected)}"
+            )
+    assert not problems, "docs/ARCHITECTURE.md disagrees with LAYERS:\n  " + "\n  ".join(problems)
+
+
+def test_every_module_has_one_row_in_the_architecture_doc() -> None:
+    text = ARCHITECTURE_MD.read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([\w/]+\.py)` \|", text, re.MULTILINE)
+    files = {path.relative_to(PACKAGE_DIR).as_posix() for path in MODULE_FILES.values()}
+    assert sorted(files - set(rows)) == [], "modules without a row in the module table"
+    assert sorted(set(rows) - files) == [], "rows for modules that do not exist"
+    assert len(rows) == len(set(rows)), "a module has two rows"

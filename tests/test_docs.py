@@ -25,6 +25,7 @@ import artist_bio_gen.cli
 from artist_bio_gen import config, exit_codes
 from artist_bio_gen.cli import verify as cli_verify
 from artist_bio_gen.errors import UsageError
+from artist_bio_gen.failure_codes import FAILURE_CODES
 
 # The module, not the function ``artist_bio_gen.cli.main`` that the package re-exports.
 cli_main = importlib.import_module("artist_bio_gen.cli.main")
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = ROOT / "artist_bio_gen"
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 ENV_EXAMPLE = (ROOT / ".env.example").read_text(encoding="utf-8")
+ARCHITECTURE = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
 PROGRAM = "artist-bio-gen"
 
 
@@ -359,6 +361,75 @@ def test_a_missing_or_unknown_exit_code_is_caught() -> None:
         "exit code 7 (EXIT_NEW) is missing from the README table",
         "the README table lists exit code 8, which exit_codes.py lacks",
     ]
+
+
+# --- docs/ARCHITECTURE.md ------------------------------------------------------------------
+
+
+def test_every_failure_code_is_in_the_architecture_doc() -> None:
+    table = ARCHITECTURE.split("| code | meaning | stops the run |", 1)[1].split("\n\n", 1)[0]
+    rows = {match[1]: match[0] for match in re.finditer(r"^\| `(\w+)` \|.*$", table, re.M)}
+    assert sorted(FAILURE_CODES.keys() - rows.keys()) == [], "codes missing from the table"
+    assert sorted(rows.keys() - FAILURE_CODES.keys()) == [], "the table lists unknown codes"
+    for code, entry in FAILURE_CODES.items():
+        stops = rows[code].split("|")[3].strip()
+        if entry.stops_run is None:
+            assert stops == "no", f"{code}: the table says it stops the run"
+        else:
+            assert stops == f"yes, exit {entry.stops_run.exit_code}", f"{code}: {stops!r}"
+
+
+#: Test files another branch is adding; the document names them without functions. Once a
+#: file exists, this test asks for its removal from here.
+BEING_ADDED = {"test_processor.py", "test_runner.py"}
+
+
+def _test_functions(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+
+
+def named_tests(text: str) -> Iterator[tuple[str, str | None]]:
+    """(test file, function or None) for each ``test_x.py``, ``test_x.py::f`` and ``::f``
+    in backticks; ``::f`` belongs to the file named last before it."""
+    current = None
+    for token in re.findall(r"`([^`\s]+)`", text):
+        match = re.fullmatch(r"(?:tests/)?(test_\w+\.py)(?:::(\w+))?|::(\w+)", token)
+        if match is None:
+            continue
+        if match[1]:
+            current = match[1]
+            yield current, match[2]
+        elif current is not None:
+            yield current, match[3]
+
+
+def test_every_test_the_architecture_doc_names_exists() -> None:
+    problems = []
+    for name, function in named_tests(ARCHITECTURE):
+        path = ROOT / "tests" / name
+        if not path.exists():
+            if name not in BEING_ADDED:
+                problems.append(f"tests/{name} does not exist")
+            continue
+        if name in BEING_ADDED:
+            problems.append(f"tests/{name} exists now: remove it from BEING_ADDED")
+        if function and function not in _test_functions(path):
+            problems.append(f"tests/{name} has no function {function}")
+    assert not problems, "docs/ARCHITECTURE.md is out of date:\n  " + "\n  ".join(problems)
+
+
+def test_a_renamed_test_is_caught() -> None:
+    names = list(named_tests("`test_output.py::test_gone`, `::test_opening_truncates_a_torn_tail`"))
+    assert names == [
+        ("test_output.py", "test_gone"),
+        ("test_output.py", "test_opening_truncates_a_torn_tail"),
+    ]
+    assert "test_gone" not in _test_functions(ROOT / "tests" / "test_output.py")
 
 
 # --- the repository explains itself --------------------------------------------------------

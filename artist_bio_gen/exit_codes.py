@@ -1,7 +1,8 @@
 """Process exit codes: the legacy ones keep their meaning, new ones are added after them.
 
-An operator's cron wrapper branches on these, so they are a contract (pinned by
-``tests/test_contracts.py``).
+An operator's cron wrapper branches on these, so they are a contract: ``--help`` (the
+epilog in ``cli/main.py``) and the README's exit-code table list every one with its number
+(``tests/test_docs.py`` checks both).
 """
 
 EXIT_SUCCESS = 0

@@ -1,4 +1,4 @@
-"""Benchmarks for the performance targets of DESIGN.md ("Performance targets").
+"""Benchmarks for the performance targets (the "goal" column of README's Performance table).
 
 Run with ``make bench`` (or ``python -m benchmarks.run --help``). Every target is measured as a
 ratio within one run (the tool against the ideal, or against a bare SDK loop on the same fake

@@ -14,7 +14,7 @@ from .scenarios import (
     WindowLoad,
 )
 
-# Throughput targets of DESIGN.md: (latency, workers) -> minimum share of the ideal W/L.
+# Throughput targets (README, "Performance"): (latency, workers) -> minimum share of the ideal W/L.
 THROUGHPUT_TARGETS: dict[tuple[float, int], float] = {
     (0.5, 64): 0.98,
     (1.0, 256): 0.95,

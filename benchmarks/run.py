@@ -1,4 +1,4 @@
-"""``python -m benchmarks.run``: measure the performance targets of DESIGN.md, side by side.
+"""``python -m benchmarks.run``: measure the performance targets (README, "Performance").
 
 Needs ``TEST_DATABASE_URL`` (a PostgreSQL superuser URL; ``make bench`` provides it). Every
 measured run gets a fresh database and directory; the fake OpenAI server runs in a process

@@ -1,15 +1,18 @@
-"""Crash safety (guarantees G1-G3): real SIGKILLs of the real CLI, then ``--resume``.
+"""Crash safety: real SIGKILLs of the real CLI, then ``--resume``.
+
+The promises at stake are committed only, exact mirror and whole lines (README).
 
 Every test here runs ``python -m artist_bio_gen`` as a subprocess against the real
 PostgreSQL and the fake OpenAI server, kills it with SIGKILL (from outside at random moments,
 or from inside at an exact point through the test-only import hook in ``tests/faultshim``),
 and checks the state on disk and in the database afterwards:
 
-* after any crash: every complete line has a committed ledger row (G1), no id twice, and at
-  most ``workers`` bios are committed but not yet appended;
+* after any crash: every complete line has a committed ledger row (committed only), no id
+  twice, and at most ``workers`` bios are committed but not yet appended;
 * after the final ``--resume``: every line parses and ends in a newline, one line per artist,
   JSONL ids == ledger ids, per-id text equal in the JSONL, the ledger and the user's table
-  (G2, G3), one job only, and the API was paid again only for requests in flight at a kill.
+  (exact mirror, whole lines), one job only, and the API was paid again only for requests
+  in flight at a kill.
 
 The random-kill test prints its seed; replay a failure with ``ABG_CRASH_SEED=<seed>``.
 """
@@ -164,9 +167,10 @@ def ledger_ids(db: TestDatabase) -> list[str]:
 def assert_crash_state(out: Path, db: TestDatabase, workers: int) -> tuple[set[str], set[str]]:
     """What must hold right after any SIGKILL, before anything repairs it.
 
-    G1: every complete line stands for a committed bio, with the committed text; no id is
-    written twice; at most ``workers`` bios are committed but not appended (only running
-    workers sit between commit and append, and every start repairs earlier gaps first).
+    Committed only: every complete line stands for a committed bio, with the committed
+    text; no id is written twice; at most ``workers`` bios are committed but not appended
+    (only running workers sit between commit and append, and every start repairs earlier
+    gaps first).
     A torn tail is allowed here: the next start must cut it. Returns (line ids, ledger ids).
     """
     records = [json.loads(line) for line in complete_lines(out)]
@@ -174,7 +178,7 @@ def assert_crash_state(out: Path, db: TestDatabase, workers: int) -> tuple[set[s
     assert len(ids) == len(set(ids)), "an artist has two lines"
     ledger = {row["artist_id"]: row for row in db.ledger()}
     uncommitted = set(ids) - set(ledger)
-    assert not uncommitted, f"lines without a committed bio (G1): {sorted(uncommitted)[:5]}"
+    assert not uncommitted, f"lines without a committed bio: {sorted(uncommitted)[:5]}"
     for record in records:
         assert record["response_text"] == ledger[record["artist_id"]]["response_text"]
     gap = set(ledger) - set(ids)
@@ -296,11 +300,11 @@ def test_random_sigkills_then_resume_lose_nothing_and_pay_little(
     """SIGKILL a 1,200-artist job at 30+ random moments, resuming after each one.
 
     Proves that no moment of a run is unsafe to be killed at: after every kill the state is
-    a valid crash state (G1), and after the last resume the JSONL mirrors the database
-    exactly (G2, G3) with every artist committed once, in one job. It also proves the
-    resume pays no second time for committed bios: each kill may waste at most ``WORKERS``
-    requests (those in flight; queued artists of the 2 x workers window have not called the
-    API yet), so extra requests <= kills x workers.
+    a valid crash state (committed only), and after the last resume the JSONL mirrors the
+    database exactly (exact mirror, whole lines) with every artist committed once, in one
+    job. It also proves the resume pays no second time for committed bios: each kill may
+    waste at most ``WORKERS`` requests (those in flight; queued artists of the 2 x workers
+    window have not called the API yet), so extra requests <= kills x workers.
     """
     seed = crash_seed()
     print(f"crash test seed: {seed} (replay with ABG_CRASH_SEED={seed})")
@@ -410,11 +414,12 @@ def test_kill_at_fault_point_then_resume(
 ) -> None:
     """SIGKILL at an exact point of the commit -> append -> fsync sequence, then resume.
 
-    after_commit: committed, not appended: the ledger has the bio, the JSONL does not (G1
-    kept), and the resume appends the line rendered from the database without calling the
-    API (G2). mid_write: the file ends in half a line; the resume cuts it and appends the
-    whole line from the database (G3). before_fsync: the line is whole but unsynced; the
-    resume keeps it and does not add a second line for the artist.
+    after_commit: committed, not appended: the ledger has the bio, the JSONL does not
+    (committed only still holds), and the resume appends the line rendered from the database
+    without calling the API (exact mirror). mid_write: the file ends in half a line; the
+    resume cuts it and appends the whole line from the database (whole lines). before_fsync:
+    the line is whole but unsynced; the resume keeps it and does not add a second line for
+    the artist.
     """
     fake_openai.latency = 0.01
     run = run_with_fault(tmp_path, database, f"{point}:{FAULT_AT}", workers)

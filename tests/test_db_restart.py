@@ -1,5 +1,5 @@
-"""A PostgreSQL restart in the middle of a run costs no artist (design: "a database restart
-costs no artist"; guarantees G1-G3 hold throughout).
+"""A PostgreSQL restart in the middle of a run costs no artist (README, "Database faults");
+committed only, exact mirror and whole lines hold throughout.
 
 The test restarts (or stops for a few seconds) the real local cluster that serves the test
 database, with ``pg_ctlcluster ... -m immediate`` (every connection is cut, the server runs

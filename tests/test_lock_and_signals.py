@@ -1,4 +1,4 @@
-"""One run per job (G7) and interruption by signals (G8), with the CLI as a subprocess.
+"""One run per job and interruption by signals, with the CLI as a subprocess.
 
 The fake OpenAI server keeps requests in flight on purpose (``hold()`` or a ``hang`` rule with
 a delay), so a test knows exactly how many artists are in flight when it signals the run.

@@ -1,0 +1,486 @@
+"""The documentation covers what the code accepts (pure: no database, no server).
+
+In the spirit of simonw/sqlite-utils' ``tests/test_docs.py``: every option of every command
+appears in that command's ``--help`` and in ``README.md``; every environment variable the
+configuration reads appears in ``.env.example``; every exit code of ``exit_codes.py`` appears,
+with its number, in ``--help``'s "exit codes:" epilog and in the README's exit-code table.
+Each check is a function returning the problems it found, so the tests at the end can show
+that each one fails on an undocumented option, variable or code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import inspect
+import pkgutil
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+import artist_bio_gen.cli
+from artist_bio_gen import config, exit_codes
+from artist_bio_gen.cli import verify as cli_verify
+from artist_bio_gen.errors import UsageError
+from artist_bio_gen.failure_codes import FAILURE_CODES
+
+# The module, not the function ``artist_bio_gen.cli.main`` that the package re-exports.
+cli_main = importlib.import_module("artist_bio_gen.cli.main")
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = ROOT / "artist_bio_gen"
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+ENV_EXAMPLE = (ROOT / ".env.example").read_text(encoding="utf-8")
+ARCHITECTURE = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+PROGRAM = "artist-bio-gen"
+
+
+# --- commands and options ------------------------------------------------------------------
+
+
+def parser_factories() -> dict[str, Callable[[], argparse.ArgumentParser]]:
+    """Every command's parser factory, keyed by the command line that reaches it.
+
+    The CLI has no command registry (``cli.main.main`` sends ``verify`` to
+    ``cli.verify.run_verify`` by its first word), so the commands are taken from one place:
+    the functions of the modules in ``cli/`` that build an ``ArgumentParser`` without
+    arguments. A new subcommand's parser there is found here without touching this test;
+    its ``prog`` ("artist-bio-gen NAME") says how it is invoked, and the help test checks
+    that ``main`` really routes that command line to it.
+    """
+    factories: dict[str, Callable[[], argparse.ArgumentParser]] = {}
+    for info in pkgutil.iter_modules(artist_bio_gen.cli.__path__):
+        module = importlib.import_module(f"artist_bio_gen.cli.{info.name}")
+        for _, function in inspect.getmembers(module, inspect.isfunction):
+            if function.__module__ != module.__name__:
+                continue
+            signature = inspect.signature(function)
+            builds_parser = "ArgumentParser" in str(signature.return_annotation)
+            needs_arguments = any(
+                p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                for p in signature.parameters.values()
+            )
+            if builds_parser and not needs_arguments:
+                factories[function().prog] = function
+    return factories
+
+
+FACTORIES = parser_factories()
+
+
+def test_both_commands_are_discovered() -> None:
+    assert parser_factories() == {
+        PROGRAM: cli_main.create_argument_parser,
+        f"{PROGRAM} verify": cli_verify.create_verify_parser,
+    }
+
+
+def option_strings(parser: argparse.ArgumentParser) -> Iterator[str]:
+    """Every option string of ``parser``, aliases included (``--input-file``, ``--version``).
+
+    argparse exposes no public list of a parser's actions, hence ``_actions``. Its own
+    ``-h/--help`` is left out: the README says once that ``--help`` lists every option.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        yield from action.option_strings
+
+
+def mentions(text: str, option: str) -> bool:
+    """Whether ``text`` names ``option`` as a whole word (``--output`` is not ``--output-x``)."""
+    return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text) is not None
+
+
+def undocumented_options(
+    command: str, parser: argparse.ArgumentParser, help_text: str, readme: str
+) -> list[str]:
+    """One message per option string missing from ``help_text`` or ``readme``."""
+    problems = []
+    for option in option_strings(parser):
+        if not mentions(help_text, option):
+            problems.append(f"{option} is missing from `{command} --help`")
+        if not mentions(readme, option):
+            problems.append(f"{option} ({command}) is missing from README.md")
+    return problems
+
+
+def help_output(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """What ``main`` prints for ``<command> --help`` (in process; logging left alone)."""
+    monkeypatch.setattr(cli_main, "setup_logging", lambda *args, **kwargs: None)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli_main.main([*command.split()[1:], "--help"])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", sorted(FACTORIES))
+def test_every_option_is_in_help_and_readme(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parser = FACTORIES[command]()
+    help_text = help_output(command, capsys, monkeypatch)
+    # main routes the command line to this parser (a parser nobody calls is no command).
+    assert help_text == parser.format_help()
+    assert mentions(README, command), f"README.md never shows the command `{command}`"
+    problems = undocumented_options(command, parser, help_text, README)
+    assert not problems, "undocumented options:\n  " + "\n  ".join(problems)
+
+
+def test_an_undocumented_option_is_caught() -> None:
+    parser = cli_main.create_argument_parser()
+    parser.add_argument("--frobnicate", action="store_true", help=argparse.SUPPRESS)
+    problems = undocumented_options(PROGRAM, parser, parser.format_help(), README)
+    assert [problem for problem in problems if "--frobnicate" in problem] == [
+        "--frobnicate is missing from `artist-bio-gen --help`",
+        "--frobnicate (artist-bio-gen) is missing from README.md",
+    ]
+
+
+# --- environment variables -----------------------------------------------------------------
+
+
+class RecordingEnv(Mapping[str, str]):
+    """An environment that remembers every name looked up in it."""
+
+    def __init__(self, values: dict[str, str]):
+        self._values = values
+        self.looked_up: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.looked_up.add(key)
+        return self._values[key]
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.looked_up.add(key)
+        return self._values.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.looked_up.add(key)
+        return key in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        # Listing the whole environment would hide which names are read: not allowed.
+        raise AssertionError("the configuration iterated over the environment")
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def _recording_env() -> RecordingEnv:
+    # A database URL, so that the database settings are read; a key, so resolution completes.
+    return RecordingEnv(
+        {"DATABASE_URL": "postgresql://u:p@localhost:5432/music", "OPENAI_API_KEY": "sk-test"}
+    )
+
+
+def variables_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> set[str]:
+    """Every environment variable a run or ``verify`` reads, recorded as they read them."""
+    env = _recording_env()
+    args = cli_main.create_argument_parser().parse_args(["--input", "x.csv", "--model", "m"])
+    config.resolve_config(args, env)
+    # verify reads DATABASE_URL itself (cli/verify.py) before it looks for the job.
+    verify_env = _recording_env()
+    monkeypatch.setattr(cli_verify, "load_environment", lambda: verify_env)
+    monkeypatch.setattr(cli_verify, "setup_logging", lambda *args, **kwargs: None)
+    with pytest.raises(UsageError):  # no manifest in an empty directory
+        cli_verify.run_verify(["--output", str(tmp_path / "out.jsonl")])
+    return env.looked_up | verify_env.looked_up
+
+
+def missing_from_env_example(names: set[str], env_example: str) -> list[str]:
+    """One message per name without a ``NAME=`` line (commented or not)."""
+    return [
+        f"{name} is read by the configuration but has no `{name}=` line in .env.example"
+        for name in sorted(names)
+        if not re.search(rf"^#?\s*{re.escape(name)}=", env_example, re.MULTILINE)
+    ]
+
+
+def test_every_variable_read_is_in_env_example(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    names = variables_read(monkeypatch, tmp_path)
+    assert {"DATABASE_URL", "DB_POOL_SIZE", "OPENAI_API_KEY", "QUOTA_LOG_INTERVAL"} <= names
+    problems = missing_from_env_example(names, ENV_EXAMPLE)
+    assert not problems, "\n".join(problems)
+
+
+def test_env_example_lists_only_variables_that_are_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE, re.MULTILINE))
+    stale = sorted(listed - variables_read(monkeypatch, tmp_path))
+    assert not stale, f".env.example lists variables nothing reads: {stale}"
+
+
+def test_an_undocumented_variable_is_caught() -> None:
+    assert missing_from_env_example({"MAX_WORKERS", "NO_SUCH_SETTING"}, ENV_EXAMPLE) == [
+        "NO_SUCH_SETTING is read by the configuration but has no `NO_SUCH_SETTING=` line "
+        "in .env.example"
+    ]
+
+
+def _environment_reads(path: Path) -> Iterator[tuple[str, int]]:
+    """(enclosing function, line) of every ``os.environ`` / ``os.getenv`` use in ``path``."""
+    names = {"environ", "getenv"}
+
+    def visit(node: ast.AST, function: str) -> Iterator[tuple[str, int]]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                yield from visit(child, child.name)
+                continue
+            if isinstance(child, ast.Attribute) and child.attr in names:
+                yield function, child.lineno
+            if (
+                isinstance(child, ast.ImportFrom)
+                and child.module == "os"
+                and any(alias.name in names for alias in child.names)
+            ):
+                yield function, child.lineno
+            yield from visit(child, function)
+
+    yield from visit(ast.parse(path.read_text(encoding="utf-8")), "<module>")
+
+
+def test_only_load_environment_reads_the_process_environment() -> None:
+    """The recording above sees every variable only if nothing bypasses the mapping."""
+    found = {
+        f"{path.relative_to(ROOT)}:{line} ({function})"
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        for function, line in _environment_reads(path)
+    }
+    allowed = {
+        f"artist_bio_gen/config.py:{line} (load_environment)"
+        for function, line in _environment_reads(PACKAGE_DIR / "config.py")
+        if function == "load_environment"
+    }
+    assert allowed, "config.load_environment no longer reads os.environ; update this test"
+    assert found == allowed, (
+        "the process environment is read outside config.load_environment: "
+        f"{sorted(found - allowed)}; take settings from the env mapping resolve_config gets"
+    )
+
+
+# --- exit codes ----------------------------------------------------------------------------
+
+_STOP_WORDS = {"with", "that", "this", "then", "from", "when", "does", "have", "some"}
+
+
+def words(text: str) -> set[str]:
+    """The meaningful words of a short description (lower case, four letters or more)."""
+    return {w for w in re.findall(r"[a-z]{4,}", text.lower()) if w not in _STOP_WORDS}
+
+
+def exit_code_constants() -> dict[int, tuple[str, str]]:
+    """number -> (constant name, its ``#:`` comment or "") from ``exit_codes.py``."""
+    source = (PACKAGE_DIR / "exit_codes.py").read_text(encoding="utf-8").splitlines()
+    constants: dict[int, tuple[str, str]] = {}
+    for name, value in vars(exit_codes).items():
+        if not name.startswith("EXIT_"):
+            continue
+        assert value not in constants, f"{name} and {constants[value][0]} share {value}"
+        line = next(i for i, text in enumerate(source) if text.startswith(f"{name} ="))
+        comment = []
+        while line > 0 and source[line - 1].startswith("#:"):
+            line -= 1
+            comment.insert(0, source[line][2:].strip())
+        constants[value] = (name, " ".join(comment))
+    return constants
+
+
+def help_exit_codes(help_text: str) -> dict[int, str]:
+    """number -> meaning from the "exit codes:" part of ``--help`` (the epilog's end)."""
+    part = help_text.split("\nexit codes:", 1)[1]
+    # "0 done, 1 input file missing/unreadable, 2 bad path or options, ...": split before
+    # each "<number> " that follows a comma (commas inside parentheses precede words).
+    entries = re.split(r",\s*(?=\d+\s)", " ".join(part.split()).rstrip("."))
+    codes = {}
+    for entry in entries:
+        number, meaning = entry.split(" ", 1)
+        codes[int(number)] = meaning
+    return codes
+
+
+def readme_exit_codes(readme: str) -> dict[int, str]:
+    """number -> meaning from the README's table with the header ``| code | meaning |``."""
+    table = readme.split("| code | meaning |", 1)[1].split("\n\n", 1)[0]
+    return {
+        int(match[1]): match[2].strip()
+        for match in re.finditer(r"^\|\s*(\d+)\s*\|([^|]*)\|", table, re.MULTILINE)
+    }
+
+
+def exit_code_problems(
+    constants: dict[int, tuple[str, str]], in_help: dict[int, str], in_readme: dict[int, str]
+) -> list[str]:
+    """Codes missing from or unknown to either text, and meanings that do not agree."""
+    problems = []
+    for where, listed in (("--help's 'exit codes:'", in_help), ("the README table", in_readme)):
+        for number in sorted(constants.keys() - listed.keys()):
+            problems.append(f"exit code {number} ({constants[number][0]}) is missing from {where}")
+        for number in sorted(listed.keys() - constants.keys()):
+            problems.append(f"{where} lists exit code {number}, which exit_codes.py lacks")
+    for number in sorted(constants.keys() & in_help.keys() & in_readme.keys()):
+        name, comment = constants[number]
+        documented = words(in_help[number]) | words(in_readme[number])
+        if not words(in_help[number]) & words(in_readme[number]):
+            problems.append(
+                f"exit code {number}: --help says {in_help[number]!r}, "
+                f"the README {in_readme[number]!r}; they share no word"
+            )
+        if comment and not words(comment) & documented:
+            problems.append(f"exit code {number}: {name}'s comment {comment!r} matches no doc")
+    return problems
+
+
+def test_every_exit_code_is_in_help_and_readme(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    constants = exit_code_constants()
+    in_help = help_exit_codes(help_output(PROGRAM, capsys, monkeypatch))
+    in_readme = readme_exit_codes(README)
+    assert {0, 2, 130} <= in_help.keys() & in_readme.keys()  # the parsers found the lists
+    problems = exit_code_problems(constants, in_help, in_readme)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_missing_or_unknown_exit_code_is_caught() -> None:
+    constants = {**exit_code_constants(), 7: ("EXIT_NEW", "Something new happened.")}
+    in_help = help_exit_codes(cli_main.create_argument_parser().format_help())
+    in_readme = {**readme_exit_codes(README), 8: "invented"}
+    assert exit_code_problems(constants, in_help, in_readme) == [
+        "exit code 7 (EXIT_NEW) is missing from --help's 'exit codes:'",
+        "exit code 7 (EXIT_NEW) is missing from the README table",
+        "the README table lists exit code 8, which exit_codes.py lacks",
+    ]
+
+
+# --- docs/ARCHITECTURE.md ------------------------------------------------------------------
+
+
+def test_every_failure_code_is_in_the_architecture_doc() -> None:
+    table = ARCHITECTURE.split("| code | meaning | stops the run |", 1)[1].split("\n\n", 1)[0]
+    rows = {match[1]: match[0] for match in re.finditer(r"^\| `(\w+)` \|.*$", table, re.M)}
+    assert sorted(FAILURE_CODES.keys() - rows.keys()) == [], "codes missing from the table"
+    assert sorted(rows.keys() - FAILURE_CODES.keys()) == [], "the table lists unknown codes"
+    for code, entry in FAILURE_CODES.items():
+        stops = rows[code].split("|")[3].strip()
+        if entry.stops_run is None:
+            assert stops == "no", f"{code}: the table says it stops the run"
+        else:
+            assert stops == f"yes, exit {entry.stops_run.exit_code}", f"{code}: {stops!r}"
+
+
+#: Test files another branch is adding; the document names them without functions. Once a
+#: file exists, this test asks for its removal from here.
+BEING_ADDED = {"test_processor.py", "test_runner.py"}
+
+
+def _test_functions(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+
+
+def named_tests(text: str) -> Iterator[tuple[str, str | None]]:
+    """(test file, function or None) for each ``test_x.py``, ``test_x.py::f`` and ``::f``
+    in backticks; ``::f`` belongs to the file named last before it."""
+    current = None
+    for token in re.findall(r"`([^`\s]+)`", text):
+        match = re.fullmatch(r"(?:tests/)?(test_\w+\.py)(?:::(\w+))?|::(\w+)", token)
+        if match is None:
+            continue
+        if match[1]:
+            current = match[1]
+            yield current, match[2]
+        elif current is not None:
+            yield current, match[3]
+
+
+def test_every_test_the_architecture_doc_names_exists() -> None:
+    problems = []
+    for name, function in named_tests(ARCHITECTURE):
+        path = ROOT / "tests" / name
+        if not path.exists():
+            if name not in BEING_ADDED:
+                problems.append(f"tests/{name} does not exist")
+            continue
+        if name in BEING_ADDED:
+            problems.append(f"tests/{name} exists now: remove it from BEING_ADDED")
+        if function and function not in _test_functions(path):
+            problems.append(f"tests/{name} has no function {function}")
+    assert not problems, "docs/ARCHITECTURE.md is out of date:\n  " + "\n  ".join(problems)
+
+
+def test_a_renamed_test_is_caught() -> None:
+    names = list(named_tests("`test_output.py::test_gone`, `::test_opening_truncates_a_torn_tail`"))
+    assert names == [
+        ("test_output.py", "test_gone"),
+        ("test_output.py", "test_opening_truncates_a_torn_tail"),
+    ]
+    assert "test_gone" not in _test_functions(ROOT / "tests" / "test_output.py")
+
+
+# --- the repository explains itself --------------------------------------------------------
+
+#: Pointers to documents that are not in the repository: numbered guarantees ("G1") of an
+#: outside design document, the design and legacy documents themselves, a shared directory.
+OUTSIDE_REFERENCE = re.compile(r"\bG[0-9]+\b|\bDESIGN\b|\bLEGACY\.md\b|\.\./shared")
+
+
+def outside_references(paths: list[Path]) -> list[str]:
+    """``file:line: text`` of every line that points outside the repository."""
+    found = []
+    for path in paths:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if OUTSIDE_REFERENCE.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    return found
+
+
+def _text_files(where: str) -> list[Path]:
+    path = ROOT / where
+    if path.is_file():
+        return [path]
+    files = [p for p in sorted(path.rglob("*")) if p.suffix in {".py", ".md"}]
+    # This file spells the patterns out.
+    return [p for p in files if p != Path(__file__).resolve()]
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "artist_bio_gen",
+        "benchmarks",
+        "docs",
+        "README.md",
+        "AGENTS.md",
+        ".env.example",
+        pytest.param(
+            "tests",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="tests/helpers.py ('guarantees G1-G3') and tests/conftest.py "
+                "('LEGACY.md') are moving to tests/support/ on another branch; say what is "
+                "meant in words there, then drop this mark",
+            ),
+        ),
+    ],
+)
+def test_nothing_refers_to_documents_outside_the_repository(where: str) -> None:
+    found = outside_references(_text_files(where))
+    assert not found, (
+        "say what is meant in words (e.g. 'committed only: a line only after its commit') "
+        "or point at a file of the repository:\n  " + "\n  ".join(found)
+    )

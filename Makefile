@@ -19,9 +19,11 @@ install: $(VENV)/.installed
 test: install
 	url="$$(scripts/ensure-test-postgres.sh)" && TEST_DATABASE_URL="$$url" $(PY) -m pytest $(PYTEST_ARGS)
 
+# ruff (style, likely bugs), then mypy (types; configured in pyproject.toml, [tool.mypy]).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: install
 	$(VENV)/bin/ruff format .
@@ -31,4 +33,4 @@ bench: install
 	url="$$(scripts/ensure-test-postgres.sh)" && TEST_DATABASE_URL="$$url" $(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

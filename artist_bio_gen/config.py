@@ -338,13 +338,10 @@ def _prompt_settings(layers: _Layers) -> PromptSettings:
     recorded = layers.recorded.settings if layers.recorded else None
 
     def job_text(name: str, env_name: str, human: str) -> str | None:
-        return layers.job_defined(
-            human,
-            getattr(recorded, name, None),
-            layers.cli(name),
-            layers.environment(env_name, str),
-            None,
-        )
+        # All three settings are text (argparse and the manifest hold them as str).
+        was: str | None = getattr(recorded, name, None)
+        given: str | None = layers.cli(name)
+        return layers.job_defined(human, was, given, layers.environment(env_name, str), None)
 
     prompt_id = job_text("prompt_id", "OPENAI_PROMPT_ID", "prompt id")
     instructions_file = layers.cli("instructions_file")
@@ -432,7 +429,7 @@ def _recorded_database(layers: _Layers, recorded: JobSettings, url: str | None) 
 
 
 def _table(layers: _Layers) -> str:
-    given = TEST_TABLE if layers.flag("test_mode") else layers.cli("db_table")
+    given: str | None = TEST_TABLE if layers.flag("test_mode") else layers.cli("db_table")
     recorded = layers.recorded.settings.table if layers.recorded else None
     return layers.job_defined(
         "table",

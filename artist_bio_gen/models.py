@@ -49,7 +49,7 @@ class TokenUsage(NamedTuple):
     output_tokens: int = 0
     total_tokens: int = 0
 
-    def __add__(self, other: object) -> TokenUsage:  # type: ignore[override]
+    def __add__(self, other: object) -> TokenUsage:
         # NamedTuple's + concatenates; adding usages should sum them.
         if not isinstance(other, TokenUsage):
             return NotImplemented

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx2
 import openai
+from openai.types.responses import ResponsePromptParam
 
 from .data import make_artists
 
@@ -42,7 +43,9 @@ def run(workers: int, count: int, seed: int, prompt_id: str) -> tuple[list[float
     def call(name: str, data: str | None) -> None:
         variables = {"artist_name": name, "artist_data": data or NO_ARTIST_DATA}
         try:
-            response = client.responses.create(prompt={"id": prompt_id, "variables": variables})
+            # {**variables}: the same pairs, as the dict of wider values the SDK's type asks for.
+            prompt: ResponsePromptParam = {"id": prompt_id, "variables": {**variables}}
+            response = client.responses.create(prompt=prompt)
             _ = response.output_text
         except openai.OpenAIError:
             with lock:

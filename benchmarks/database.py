@@ -99,7 +99,7 @@ LEDGER_COPY_COLUMNS = (
 )
 
 
-def copy_ledger_rows(url: str, rows: Iterable[tuple]) -> None:
+def copy_ledger_rows(url: str, rows: Iterable[tuple[object, ...]]) -> None:
     """COPY rows (``LEDGER_COPY_COLUMNS`` order) into the tool's ledger table, then VACUUM
     ANALYZE it (as autovacuum would have done after the runs that committed them)."""
     columns = ", ".join(LEDGER_COPY_COLUMNS)
@@ -117,7 +117,8 @@ def ledger_stats(url: str, job_id: str) -> tuple[int, int]:
             "SELECT count(*), coalesce(max(seq), 0) FROM artist_bio_ledger WHERE job_id = %s",
             (job_id,),
         ).fetchone()
-    assert row is not None
+    if row is None:
+        raise RuntimeError("an aggregate query returned no row")
     return int(row[0]), int(row[1])
 
 
@@ -127,5 +128,6 @@ def done_ids_plan(url: str, job_id: str) -> str:
         row = conn.execute(
             "EXPLAIN SELECT artist_id FROM artist_bio_ledger WHERE job_id = %s", (job_id,)
         ).fetchone()
-    assert row is not None
+    if row is None:
+        raise RuntimeError("EXPLAIN returned no plan")
     return str(row[0])

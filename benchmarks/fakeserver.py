@@ -21,7 +21,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,14 +59,17 @@ class FakeServer:
         self.pid: int = self._proc.pid
 
     def _read(self) -> dict[str, Any]:
-        assert self._proc.stdout is not None
+        if self._proc.stdout is None:
+            raise RuntimeError("the fake OpenAI server process has no stdout pipe")
         line = self._proc.stdout.readline()
         if not line:
             raise RuntimeError("the fake OpenAI server process exited unexpectedly")
-        return json.loads(line)
+        reply: dict[str, Any] = json.loads(line)  # one JSON object per line (_reply)
+        return reply
 
     def _command(self, text: str) -> dict[str, Any]:
-        assert self._proc.stdin is not None
+        if self._proc.stdin is None:
+            raise RuntimeError("the fake OpenAI server process has no stdin pipe")
         self._proc.stdin.write(text + "\n")
         self._proc.stdin.flush()
         return self._read()
@@ -98,7 +104,7 @@ class FakeServer:
         self.close()
 
 
-def _stats_of(fake: Any) -> dict[str, Any]:
+def _stats_of(fake: FakeOpenAI) -> dict[str, Any]:
     records = fake.requests
     return {
         "total": fake.total_requests,

@@ -166,11 +166,14 @@ def throughput_details(result: ThroughputResult) -> str:
     rates, load, window = run.rates, run.load, run.rates.steady_window
     measured = run.measured
     cpu_ms = measured.child.cpu_between(window.start, window.end) / max(rates.steady_completed, 1)
+    first = measured.first_request
+    # None when the fake server saw no request at all.
+    first_text = "never" if first is None else f"{first - measured.spawned:.2f} s after start"
     return (
         f"L={result.latency:g}s W={result.workers}: {result.count:,} artists, ideal "
         f"{result.ideal:.0f}/s, overall {rates.overall:.1f}/s, steady {rates.steady:.1f}/s over "
-        f"{window.seconds:.0f} s; first request {measured.first_request - measured.spawned:.2f} s "
-        f"after start; server saw {measured.server_stats.concurrent_max} concurrent"
+        f"{window.seconds:.0f} s; first request {first_text}; "
+        f"server saw {measured.server_stats.concurrent_max} concurrent"
         f"{f'; {run.failed} artists failed' if run.failed else ''}\n"
         f"    tool peak RSS {_mib(measured.usage.peak_rss)}; steady-state CPU: tool "
         f"{load.child_cores:.2f} cores ({cpu_ms * 1e3:.2f} ms/artist), {_load_text(load)}"

@@ -54,7 +54,9 @@ def _bio(name: str) -> str:
     )
 
 
-def _ledger_rows(job_id: str, artists: Iterator[Artist], jsonl: BinaryIO) -> Iterator[tuple]:
+def _ledger_rows(
+    job_id: str, artists: Iterator[Artist], jsonl: BinaryIO
+) -> Iterator[tuple[object, ...]]:
     """Ledger rows for ``artists``; writes each row's JSONL line to ``jsonl`` as it goes."""
     created = int(time.time())
     for index, artist in enumerate(artists):
@@ -116,7 +118,8 @@ def build_resume_job(workdir: Path, url: str, server: FakeServer, done: int, new
     output = _seed_run(workdir, url, server, first)
     paths = JobPaths(output)
     manifest = read_manifest(paths)
-    assert manifest is not None
+    if manifest is None:
+        raise RuntimeError(f"the seed run left no job manifest beside {output}")
     with open(output, "ab") as jsonl:
         copy_ledger_rows(url, _ledger_rows(manifest.job_id, done_artists, jsonl))
     rows, last_seq = ledger_stats(url, manifest.job_id)

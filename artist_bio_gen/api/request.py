@@ -13,8 +13,14 @@ Two modes:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 
+from ..errors import ConfigError
 from ..models import NO_ARTIST_DATA, ArtistData
+
+if TYPE_CHECKING:
+    # Types only: the SDK itself is imported where it is first needed (see api/client.py).
+    from openai.types.responses import ResponsePromptParam
 
 DEFAULT_INSTRUCTIONS = """\
 You are a music journalist writing reference biographies for a music catalogue.
@@ -44,22 +50,35 @@ class PromptSettings:
         return bool(self.prompt_id)
 
 
+class ResponseRequest(TypedDict, total=False):
+    """The keyword arguments of ``client.responses.create`` this tool sends."""
+
+    prompt: ResponsePromptParam
+    model: str
+    instructions: str
+    input: str
+
+
 def prompt_variables(artist: ArtistData) -> dict[str, str]:
     """The legacy prompt variables (the placeholder stands in for missing data)."""
     return {"artist_name": artist.name, "artist_data": artist.data or NO_ARTIST_DATA}
 
 
-def build_request(artist: ArtistData, settings: PromptSettings) -> dict[str, object]:
+def build_request(artist: ArtistData, settings: PromptSettings) -> ResponseRequest:
     """Keyword arguments for ``client.responses.create`` for one artist."""
     variables = prompt_variables(artist)
-    if settings.uses_stored_prompt:
-        prompt: dict[str, object] = {"id": settings.prompt_id, "variables": variables}
+    if settings.prompt_id:  # uses_stored_prompt, spelled out so the id is known to be a str
+        # {**variables}: the same pairs, as the dict of wider values the SDK's type asks for.
+        prompt: ResponsePromptParam = {"id": settings.prompt_id, "variables": {**variables}}
         if settings.prompt_version:
             prompt["version"] = settings.prompt_version
-        request: dict[str, object] = {"prompt": prompt}
+        request: ResponseRequest = {"prompt": prompt}
         if settings.model:
             request["model"] = settings.model
         return request
+    if settings.model is None:
+        # resolve_config refuses a configuration with neither a prompt id nor a model.
+        raise ConfigError("No prompt configured; pass --prompt-id or --model.")
     return {
         "model": settings.model,
         "instructions": settings.instructions,

@@ -365,13 +365,18 @@ def summary_lines(config: Config, result: RunResult) -> list[str]:
     return lines
 
 
+#: What ``signal.signal`` takes and returns: a function, SIG_DFL / SIG_IGN (ints), or None
+#: (a handler that was not installed from Python).
+_SignalHandler = Callable[[int, FrameType | None], object] | int | None
+
+
 class _SignalHandlers:
     """First SIGINT/SIGTERM: stop gracefully. Second: exit at once (no torn line)."""
 
     def __init__(self, control: RunControl, grace: float):
         self._control = control
         self._grace = grace
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, _SignalHandler] = {}
 
     def __enter__(self) -> _SignalHandlers:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -380,7 +385,7 @@ class _SignalHandlers:
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
+            signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name

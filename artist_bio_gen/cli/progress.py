@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Never
 
 from tqdm import tqdm
 
@@ -24,7 +25,7 @@ class Progress:
     def __init__(self, *, interval: float = 30.0, use_bar: bool | None = None):
         self._interval = interval
         self._use_bar = sys.stderr.isatty() if use_bar is None else use_bar
-        self._bar: tqdm | None = None
+        self._bar: tqdm[Never] | None = None  # a manual bar: it wraps no iterable
         self._started = time.monotonic()
         self._last_log = self._started
 

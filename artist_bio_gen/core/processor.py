@@ -243,7 +243,7 @@ class _Window:
     """Submitted-but-unfinished artists; completions arrive through a queue (O(1) each)."""
 
     executor: ThreadPoolExecutor
-    done: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    done: queue.SimpleQueue[Future[Outcome]] = field(default_factory=queue.SimpleQueue)
     in_flight: int = 0
 
     def submit(self, fn: Callable[..., Outcome], *args: object) -> None:
@@ -254,7 +254,7 @@ class _Window:
     def next_outcome(self, timeout: float) -> Outcome | None:
         """The next finished outcome, or None after ``timeout`` (so signals get a look in)."""
         try:
-            future: Future = self.done.get(timeout=timeout)
+            future = self.done.get(timeout=timeout)
         except queue.Empty:
             return None
         self.in_flight -= 1

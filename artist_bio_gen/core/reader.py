@@ -37,7 +37,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Container, Iterator
+from collections.abc import Container, Generator, Iterator
 from types import TracebackType
 from typing import TextIO
 
@@ -173,7 +173,7 @@ class ArtistReader:
     def __next__(self) -> ArtistData:
         return next(self._records)
 
-    def _iterate(self) -> Iterator[ArtistData]:
+    def _iterate(self) -> Generator[ArtistData, None, None]:
         """Yield the usable artists; closes the file when the end is reached."""
         done = self._skip_ids if self._skip_ids is not None else ()
         try:

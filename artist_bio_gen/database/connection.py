@@ -11,6 +11,7 @@ import logging
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import Row
 from psycopg_pool import ConnectionPool
 
 from ..errors import ConfigError
@@ -70,6 +71,18 @@ def first_line(exc: BaseException) -> str:
     """The first line of a driver error (psycopg adds multi-line detail and context)."""
     message = str(exc).strip() or type(exc).__name__
     return message.splitlines()[0]
+
+
+def one_row(cursor: psycopg.Cursor[Row]) -> Row:
+    """The row of a query that always returns exactly one (an aggregate, a function call).
+
+    ``fetchone`` is typed as maybe returning None; for such a query None would mean the server
+    broke its contract, which is said here rather than as a ``None[0]`` somewhere else.
+    """
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("a query that always returns one row returned none")
+    return row
 
 
 def create_db_connection_pool(config: DatabaseConfig) -> ConnectionPool:

@@ -44,6 +44,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ..errors import ConfigError
+from .connection import one_row
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class Migrations:
 def _recorded_names(conn: psycopg.Connection) -> set[str]:
     """Names in the version table; empty when it does not exist (a database set up by a
     version before the registry, or a fresh one)."""
-    if conn.execute("SELECT to_regclass(%s)", (VERSION_TABLE,)).fetchone()[0] is None:
+    if one_row(conn.execute("SELECT to_regclass(%s)", (VERSION_TABLE,)))[0] is None:
         return set()
     return {row[0] for row in conn.execute(f"SELECT name FROM {VERSION_TABLE}").fetchall()}
 

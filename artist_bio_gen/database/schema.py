@@ -53,7 +53,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from ..errors import ConfigError
-from .connection import first_line
+from .connection import first_line, one_row
 from .migrations import VERSION_TABLE, Migrations
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def inspect_target_table(pool: ConnectionPool, name: str, where: str) -> TargetT
         for needed in ("id", "bio"):
             if needed not in columns:
                 raise ConfigError(_missing_column_message(name, needed, where))
-        if not conn.execute("SELECT has_table_privilege(%s, 'UPDATE')", (name,)).fetchone()[0]:
+        if not one_row(conn.execute("SELECT has_table_privilege(%s, 'UPDATE')", (name,)))[0]:
             raise ConfigError(
                 f"The database user may not UPDATE table '{name}' in {where}; "
                 f"grant it with: GRANT UPDATE ON {name} TO <user>."
@@ -137,7 +137,7 @@ def inspect_target_table(pool: ConnectionPool, name: str, where: str) -> TargetT
 
 
 def _columns(conn: psycopg.Connection, name: str, where: str) -> set[str]:
-    oid = conn.execute("SELECT to_regclass(%s)::oid", (name,)).fetchone()[0]
+    oid = one_row(conn.execute("SELECT to_regclass(%s)::oid", (name,)))[0]
     if oid is None:
         raise ConfigError(
             f"Table '{name}' does not exist in {where}; create it (see README, "

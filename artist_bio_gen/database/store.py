@@ -18,12 +18,13 @@ from typing import TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..errors import DatabaseUnavailableError
 from ..models import CommittedBio, DatabaseConfig, GeneratedBio, JobRef, TokenUsage
 from ..utils.uuidset import UuidSet
-from .connection import describe_database, first_line, redact
+from .connection import describe_database, first_line, one_row, redact
 from .schema import LEDGER_TABLE, TargetTable
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ _LEDGER_COLUMNS = (
 )
 
 
-def _committed(values: tuple) -> CommittedBio:
+def _committed(values: TupleRow) -> CommittedBio:
     artist_id, name, data, response_id, text, created, status, tin, tout, ttotal, seq = values
     return CommittedBio(
         artist_id=str(artist_id),
@@ -168,7 +169,7 @@ class BioStore:
                     cur.execute(_DONE_FIRST_CHUNK, (job_id, _DONE_CHUNK))
                 else:
                     cur.execute(_DONE_NEXT_CHUNK, (job_id, last, _DONE_CHUNK))
-                blob, last_id, count = cur.fetchone()
+                blob, last_id, count = one_row(cur)
                 if not count:
                     return done
                 # Chunks are disjoint slices of a unique index: every id is new.
@@ -180,17 +181,20 @@ class BioStore:
     def count_job_rows(self, job_id: str) -> int:
         """How many artists a job has committed."""
         with self._pool.connection() as conn:
-            return conn.execute(
-                f"SELECT count(*) FROM {LEDGER_TABLE} WHERE job_id = %s", (job_id,)
-            ).fetchone()[0]
+            count: int = one_row(
+                conn.execute(f"SELECT count(*) FROM {LEDGER_TABLE} WHERE job_id = %s", (job_id,))
+            )[0]
+            return count
 
     def rows_after(self, job_id: str, seq: int) -> tuple[int, int]:
         """(count, highest seq) of the job's rows committed after ``seq``."""
         with self._pool.connection() as conn:
-            count, last = conn.execute(
-                f"SELECT count(*), max(seq) FROM {LEDGER_TABLE} WHERE job_id = %s AND seq > %s",
-                (job_id, seq),
-            ).fetchone()
+            count, last = one_row(
+                conn.execute(
+                    f"SELECT count(*), max(seq) FROM {LEDGER_TABLE} WHERE job_id = %s AND seq > %s",
+                    (job_id, seq),
+                )
+            )
         return int(count), int(last or 0)
 
     def missing_from_ledger(self, job_id: str, artist_ids: list[str]) -> list[str]:

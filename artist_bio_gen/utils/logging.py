@@ -59,6 +59,8 @@ def setup_logging(verbose: bool = False, secrets: Iterable[str | None] = ()) -> 
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_artist_bio_gen", False)]:
         root.removeHandler(old)
+    # A tag on the handler, so that a later setup_logging finds and replaces it (Handler has
+    # no such attribute: setting one on the instance is the point).
     handler._artist_bio_gen = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.WARNING)

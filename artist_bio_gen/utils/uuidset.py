@@ -28,8 +28,12 @@ _TARGET = 16  # average ids per bucket before the bucket count doubles
 UuidLike = uuid.UUID | str | bytes
 
 
-def _key(value: UuidLike) -> bytes:
-    """Return the 16 raw bytes of ``value``; ValueError if it is not a UUID."""
+def _key(value: object) -> bytes:
+    """Return the 16 raw bytes of ``value``; ValueError if it is not a UUID.
+
+    Takes any object (``__contains__`` may be asked about anything): TypeError if it is not
+    a UUID, a str or 16 bytes.
+    """
     if type(value) is str:  # the common case first
         return _str_key(value)
     if isinstance(value, bytes | bytearray):
@@ -190,7 +194,7 @@ class UuidSet:
         else:
             # Like a built-in set, asking about something that is not a UUID is just "no".
             try:
-                key = _key(value)  # type: ignore[arg-type]
+                key = _key(value)
             except (ValueError, TypeError):
                 return False
         bucket = self._buckets[hash(key) & self._mask]

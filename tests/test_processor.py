@@ -525,15 +525,11 @@ def test_an_interrupt_from_on_outcome_leaves_slow_workers_behind(
 # -- behaviours that look wrong ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Tally.abandoned (and so LeftRunning.workers) counts the queued artists of the "
-    "window too, although executor.shutdown(cancel_futures=True) cancels them: it reports "
-    "2 x W 'in flight' where only W workers are running.",
-)
 def test_abandoned_counts_only_the_artists_still_running(
     make_run: MakeRun, database: TestDatabase, fake_openai: FakeOpenAI
 ) -> None:
+    """When the grace period runs out, only the W artists inside an API call are abandoned;
+    the queued ones of the window are cancelled without a request (not started)."""
     workers, grace = 2, 0.2
     artists = make_artists(2 + 2 * workers, seed=409)
     database.seed(artists)
@@ -560,15 +556,11 @@ def test_abandoned_counts_only_the_artists_still_running(
     assert tally.abandoned == running
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a first artist skipped by --skip-existing (its row has a bio) ends the canary "
-    "without any request having shown that the key works: the whole window then pays for "
-    "the bad key (W requests instead of 1).",
-)
 def test_a_skipped_first_artist_is_no_canary(
     make_run: MakeRun, database: TestDatabase, fake_openai: FakeOpenAI
 ) -> None:
+    """A first artist skipped by --skip-existing made no request, so it shows nothing about
+    the key: the next artist is still the canary, and a bad key costs one request."""
     workers = 4
     artists = make_artists(20, seed=410)
     database.seed(artists[:1], bio="A curated bio.")

@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -251,6 +251,17 @@ class _Window:
         future.add_done_callback(self.done.put)
         self.in_flight += 1
 
+    def settled(self) -> Iterator[Outcome | None]:
+        """Without waiting, what finished since the last collection: an ``Outcome`` per
+        artist that ran, None per queued artist whose task was cancelled."""
+        while True:
+            try:
+                future = self.done.get_nowait()
+            except queue.Empty:
+                return
+            self.in_flight -= 1
+            yield None if future.cancelled() else future.result()
+
     def next_outcome(self, timeout: float) -> Outcome | None:
         """The next finished outcome, or None after ``timeout`` (so signals get a look in)."""
         try:
@@ -275,7 +286,8 @@ def process_artists_concurrent(
 
     Returns early when ``control`` stops (systemic error or signal); in-flight artists get
     up to ``shutdown_grace`` seconds to finish after a signal. Artists still running after
-    that are left to the caller (``Tally`` does not count them).
+    that are left running (``tally.abandoned`` counts them; the caller must not close what
+    they use).
     """
     tally = Tally()
     streak_limit = failure_streak_limit or max(25, 2 * max_workers)
@@ -292,11 +304,25 @@ def process_artists_concurrent(
         feeder.drain(shutdown_grace)
         raise
     finally:
-        tally.abandoned = window.in_flight
-        # Queued tasks see control.stopping and return at once; running ones are not waited
-        # for here when the grace period ran out.
-        executor.shutdown(wait=window.in_flight == 0, cancel_futures=True)
+        _shut_down(executor, window, tally)
     return tally
+
+
+def _shut_down(executor: ThreadPoolExecutor, window: _Window, tally: Tally) -> None:
+    """Stop the pool; what is still running when the grace period ran out is abandoned.
+
+    Running workers are not waited for then. Queued artists never started: the shutdown
+    cancels them and they count as not started, not as abandoned.
+    """
+    executor.shutdown(wait=window.in_flight == 0, cancel_futures=True)
+    for outcome in window.settled():
+        if outcome is None:
+            tally.not_started += 1
+        else:
+            tally.add(outcome)
+    tally.abandoned = window.in_flight
+    if tally.abandoned:
+        logger.warning("grace period over; %d artists still in flight", tally.abandoned)
 
 
 @dataclass
@@ -327,14 +353,11 @@ class _Feeder:
             if self.control.interrupted and deadline is None:
                 deadline = time.monotonic() + grace
                 logger.warning(
-                    "stopping: waiting up to %.0f s for %d artists in flight",
+                    "stopping: waiting up to %g s for %d artists in flight",
                     grace,
                     self.window.in_flight,
                 )
             if deadline is not None and time.monotonic() >= deadline:
-                logger.warning(
-                    "grace period over; %d artists still in flight", self.window.in_flight
-                )
                 return
             self._collect(timeout=0.25)
 
@@ -343,7 +366,9 @@ class _Feeder:
         if outcome is None:
             return
         self.tally.add(outcome)
-        if outcome.status != "not_started" and not stops_run(outcome.code):
+        # Only an artist that reached the API can show the key, prompt and quota work: a
+        # skipped one (--skip-existing) made no request.
+        if outcome.status in ("committed", "failed") and not stops_run(outcome.code):
             self.canary_done = True
         if self.tally.streak >= self.streak_limit and not self.control.stopping:
             self.control.abort(

@@ -379,11 +379,6 @@ def test_every_failure_code_is_in_the_architecture_doc() -> None:
             assert stops == f"yes, exit {entry.stops_run.exit_code}", f"{code}: {stops!r}"
 
 
-#: Test files another branch is adding; the document names them without functions. Once a
-#: file exists, this test asks for its removal from here.
-BEING_ADDED = {"test_processor.py", "test_runner.py"}
-
-
 def _test_functions(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     return {
@@ -413,11 +408,8 @@ def test_every_test_the_architecture_doc_names_exists() -> None:
     for name, function in named_tests(ARCHITECTURE):
         path = ROOT / "tests" / name
         if not path.exists():
-            if name not in BEING_ADDED:
-                problems.append(f"tests/{name} does not exist")
+            problems.append(f"tests/{name} does not exist")
             continue
-        if name in BEING_ADDED:
-            problems.append(f"tests/{name} exists now: remove it from BEING_ADDED")
         if function and function not in _test_functions(path):
             problems.append(f"tests/{name} has no function {function}")
     assert not problems, "docs/ARCHITECTURE.md is out of date:\n  " + "\n  ".join(problems)

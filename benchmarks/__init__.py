@@ -10,7 +10,7 @@ Modules:
 * ``scenarios``: one function per target; ``resume``: a job with a million done artists;
 * ``tool``: the tool as a measured subprocess (CPU and RSS sampled from ``/proc``);
 * ``bareloop``: the bare SDK loop the L=0 target compares against (its own process);
-* ``fakeserver``: ``tests/fake_openai.FakeOpenAI`` in its own process, driven over a pipe;
+* ``fakeserver``: ``tests.support.fake_openai.FakeOpenAI`` in its own process, driven over a pipe;
 * ``procstat``: ``/proc`` sampling and ``wait4`` resource usage;
 * ``timeline``: overall and steady-state rates from completion timestamps;
 * ``data`` and ``database``: artists, CSV files, bench databases, a million done artists.

@@ -21,7 +21,7 @@ _PREFIX = "abg_bench"
 
 def _user_tables() -> str:
     """The DDL of the user's tables, as the test suite defines it."""
-    from tests.conftest import USER_TABLES
+    from tests.support.database import USER_TABLES
 
     return USER_TABLES
 

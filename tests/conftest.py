@@ -10,30 +10,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import psycopg
 import pytest
 
-from .fake_openai import FakeOpenAI
-from .helpers import TEST_API_KEY, TestDatabase
-
-ROOT = Path(__file__).resolve().parent.parent
-
-# The user's table as documented in the README (and LEGACY.md), plus the test-mode twin.
-USER_TABLES = """
-CREATE TABLE artists (
-    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-    name TEXT NOT NULL,
-    bio TEXT,
-    created_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
-    updated_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP
-);
-CREATE TABLE test_artists (LIKE artists INCLUDING ALL);
-"""
+from .support.cli import ROOT, TEST_API_KEY
+from .support.database import TemplateDatabases, TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 _SCRUBBED_PREFIXES = (
     "OPENAI_",
@@ -62,34 +46,18 @@ def pg_admin_url() -> str:
     return result.stdout.strip()
 
 
-def _url_for(admin_url: str, dbname: str) -> str:
-    """The admin URL pointed at another database."""
-    return urlsplit(admin_url)._replace(path="/" + dbname).geturl()
-
-
 @pytest.fixture(scope="session")
-def pg_template(pg_admin_url: str) -> Iterator[str]:
+def pg_template(pg_admin_url: str) -> Iterator[TemplateDatabases]:
     """A template database holding the user's tables; each test copies it."""
-    name = f"abg_tpl_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    with psycopg.connect(_url_for(pg_admin_url, name), autocommit=True) as conn:
-        conn.execute(USER_TABLES)
-    yield name
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with TemplateDatabases(pg_admin_url, prefix="abg_t") as databases:
+        yield databases
 
 
 @pytest.fixture
-def database(pg_admin_url: str, pg_template: str) -> Iterator[TestDatabase]:
+def database(pg_template: TemplateDatabases) -> Iterator[TestDatabase]:
     """A fresh database of its own for one test (copied from the template)."""
-    name = f"abg_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    db = TestDatabase(_url_for(pg_admin_url, name))
-    yield db
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with pg_template.fresh() as url:
+        yield TestDatabase(url)
 
 
 @pytest.fixture(scope="session")

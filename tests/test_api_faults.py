@@ -7,16 +7,11 @@ from pathlib import Path
 
 from artist_bio_gen import exit_codes
 
-from .fake_openai import FakeOpenAI
-from .helpers import (
-    TestDatabase,
-    assert_mirror,
-    cli_env,
-    make_artists,
-    read_jsonl,
-    run_cli,
-    write_csv,
-)
+from .support.checks import assert_mirror, read_jsonl
+from .support.cli import cli_env, run_process
+from .support.data import make_artists, write_csv
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 FAST = ["--max-retries", "0", "--request-timeout", "2"]
 
@@ -24,7 +19,7 @@ FAST = ["--max-retries", "0", "--request-timeout", "2"]
 def _run(tmp_path: Path, database: TestDatabase, artists, *extra: str):
     database.seed(artists)
     csv_path = write_csv(tmp_path / "a.csv", artists)
-    return run_cli(
+    return run_process(
         ["--input", str(csv_path), "--prompt-id", "pmpt_x", "--max-workers", "4", *extra],
         env=cli_env(DATABASE_URL=database.url),
     )
@@ -40,7 +35,7 @@ def test_bad_key_stops_after_one_request(
 ) -> None:
     fake_openai.add_rule("unauthorized")
     result = _run(tmp_path, database, make_artists(50, seed=20))
-    assert result.returncode == exit_codes.EXIT_CONFIG_ERROR
+    assert result.code == exit_codes.EXIT_CONFIG_ERROR
     assert "The API rejected the key" in result.stderr and "Traceback" not in result.stderr
     assert fake_openai.total_requests == 1  # the canary: one request, not one per worker
     assert _failures(tmp_path) == []  # not the artists' fault: they stay to do
@@ -51,7 +46,7 @@ def test_unknown_prompt_stops_the_run(
 ) -> None:
     fake_openai.add_rule("not_found")
     result = _run(tmp_path, database, make_artists(20, seed=21))
-    assert result.returncode == exit_codes.EXIT_CONFIG_ERROR
+    assert result.code == exit_codes.EXIT_CONFIG_ERROR
     assert "does not know prompt 'pmpt_x'" in result.stderr
     assert fake_openai.total_requests == 1
 
@@ -63,7 +58,7 @@ def test_exhausted_quota_stops_the_run(
     fake_openai.add_rule("ok", times=5)
     fake_openai.add_rule("insufficient_quota")
     result = _run(tmp_path, database, artists, *FAST)
-    assert result.returncode == exit_codes.EXIT_RUN_ABORTED
+    assert result.code == exit_codes.EXIT_RUN_ABORTED
     assert "no quota left" in result.stderr
     assert fake_openai.total_requests <= 5 + 2 * 4  # stops within one window
     records = assert_mirror(tmp_path / "out.jsonl", database)
@@ -77,7 +72,7 @@ def test_one_bad_artist_does_not_stop_the_others(
     fake_openai.add_rule("bad_request", name=artists[7].name)
     fake_openai.add_rule("empty", name=artists[12].name)
     result = _run(tmp_path, database, artists, *FAST)
-    assert result.returncode == exit_codes.EXIT_API_FAILURES
+    assert result.code == exit_codes.EXIT_API_FAILURES
     records = assert_mirror(tmp_path / "out.jsonl", database)
     assert len(records) == 28
     failures = {f["artist_id"]: f for f in _failures(tmp_path)}
@@ -93,7 +88,7 @@ def test_rate_limit_with_retry_after_is_retried(
     artists = make_artists(6, seed=24)
     fake_openai.add_rule("rate_limit", name=artists[3].name, times=2, retry_after=0.2)
     result = _run(tmp_path, database, artists, "--max-retries", "3")
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     assert fake_openai.calls(artists[3].name) == 3
     assert len(assert_mirror(tmp_path / "out.jsonl", database)) == 6
 
@@ -106,7 +101,7 @@ def test_server_errors_hangs_garbage_and_drops_fail_only_their_artist(
     for index, fault in faults.items():
         fake_openai.add_rule(fault, name=artists[index].name, delay=30)
     result = _run(tmp_path, database, artists, *FAST)
-    assert result.returncode == exit_codes.EXIT_API_FAILURES, result.stderr
+    assert result.code == exit_codes.EXIT_API_FAILURES, result.stderr
     codes = {f["artist_id"]: f["code"] for f in _failures(tmp_path)}
     assert codes == {
         artists[1].artist_id: "server_error",
@@ -122,7 +117,7 @@ def test_a_streak_of_identical_failures_stops_the_run(
 ) -> None:
     fake_openai.add_rule("bad_request")
     result = _run(tmp_path, database, make_artists(200, seed=26), *FAST)
-    assert result.returncode == exit_codes.EXIT_RUN_ABORTED
+    assert result.code == exit_codes.EXIT_RUN_ABORTED
     assert "in a row failed with 'bad_request'" in result.stderr
     assert fake_openai.total_requests < 60
 
@@ -133,7 +128,7 @@ def test_transaction_log_has_one_line_per_commit_and_failure(
     artists = make_artists(10, seed=27)
     fake_openai.add_rule("bad_request", name=artists[0].name)
     result = _run(tmp_path, database, artists, *FAST)
-    assert result.returncode == exit_codes.EXIT_API_FAILURES
+    assert result.code == exit_codes.EXIT_API_FAILURES
     events = [
         json.loads(line) for line in (tmp_path / "out.transactions.jsonl").read_text().splitlines()
     ]

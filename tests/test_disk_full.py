@@ -7,8 +7,11 @@ from pathlib import Path
 
 from artist_bio_gen import exit_codes
 
-from .fake_openai import FakeOpenAI
-from .helpers import TestDatabase, assert_mirror, cli_env, make_artists, read_jsonl, write_csv
+from .support.checks import assert_mirror, read_jsonl
+from .support.cli import cli_env
+from .support.data import make_artists, write_csv
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 
 def _limit_file_size(limit: int):

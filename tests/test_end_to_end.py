@@ -7,17 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from .fake_openai import FakeOpenAI, bio_for
-from .helpers import (
-    TestDatabase,
-    assert_legacy_record,
-    assert_mirror,
-    cli_env,
-    make_artists,
-    read_jsonl,
-    run_cli,
-    write_csv,
-)
+from .support.checks import assert_legacy_record, assert_mirror, read_jsonl
+from .support.cli import cli_env, run_process
+from .support.data import make_artists, write_csv
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI, bio_for
 
 
 def _env(db: TestDatabase | None, **extra: str) -> dict[str, str]:
@@ -33,7 +27,7 @@ def test_a_thousand_artists_with_16_workers(
     out = tmp_path / "out.jsonl"
     fake_openai.latency = 0.005
 
-    result = run_cli(
+    result = run_process(
         [
             "--input",
             str(csv_path),
@@ -49,7 +43,7 @@ def test_a_thousand_artists_with_16_workers(
         env=_env(database),
     )
 
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     records = assert_mirror(out, database)
     assert len(records) == len(artists)
     by_id = {a.artist_id: a for a in artists}
@@ -72,8 +66,8 @@ def test_updated_at_is_set_and_other_columns_untouched(
     database.seed(artists)
     database.execute("UPDATE artists SET updated_at = '2000-01-01'")
     csv_path = write_csv(tmp_path / "a.csv", artists)
-    result = run_cli(["--input", str(csv_path), "--prompt-id", "p"], env=_env(database))
-    assert result.returncode == 0, result.stderr
+    result = run_process(["--input", str(csv_path), "--prompt-id", "p"], env=_env(database))
+    assert result.code == 0, result.stderr
     with database.connect() as conn:
         rows = conn.execute("SELECT name, updated_at > '2001-01-01' FROM artists").fetchall()
     assert sorted(name for name, _ in rows) == sorted(a.name for a in artists)
@@ -83,8 +77,8 @@ def test_updated_at_is_set_and_other_columns_untouched(
 def test_jsonl_only_run_writes_null_db_status(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
     artists = make_artists(30, seed=9)
     csv_path = write_csv(tmp_path / "a.csv", artists)
-    result = run_cli(["--input", str(csv_path), "--prompt-id", "p", "--no-db"], env=_env(None))
-    assert result.returncode == 0, result.stderr
+    result = run_process(["--input", str(csv_path), "--prompt-id", "p", "--no-db"], env=_env(None))
+    assert result.code == 0, result.stderr
     records = read_jsonl(tmp_path / "out.jsonl")
     assert {r["artist_id"] for r in records} == {a.artist_id for a in artists}
     assert {r["db_status"] for r in records} == {"null"}
@@ -97,7 +91,7 @@ def test_model_mode_sends_instructions_and_names_the_artist(
     csv_path = write_csv(tmp_path / "a.csv", artists)
     instructions = tmp_path / "instructions.txt"
     instructions.write_text("Write one sentence.", encoding="utf-8")
-    result = run_cli(
+    result = run_process(
         [
             "--input",
             str(csv_path),
@@ -109,7 +103,7 @@ def test_model_mode_sends_instructions_and_names_the_artist(
         ],
         env=_env(None),
     )
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     records = read_jsonl(tmp_path / "out.jsonl")
     # The fake recognised each artist from the "Artist name:" line of the input.
     assert sorted(r["response_text"] for r in records) == sorted(bio_for(a.name) for a in artists)
@@ -122,10 +116,10 @@ def test_test_mode_writes_test_artists(
     artists = make_artists(4, seed=11)
     database.seed(artists, table="test_artists")
     csv_path = write_csv(tmp_path / "a.csv", artists)
-    result = run_cli(
+    result = run_process(
         ["--input", str(csv_path), "--prompt-id", "p", "--test-mode"], env=_env(database)
     )
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     assert all(database.bios("test_artists").values())
     assert_mirror(tmp_path / "out.jsonl", database, table="test_artists")
 
@@ -137,10 +131,10 @@ def test_skip_existing_keeps_bios_and_does_not_pay_for_them(
     database.seed(artists[:4], bio="Hand-written bio")
     database.seed(artists[4:])
     csv_path = write_csv(tmp_path / "a.csv", artists)
-    result = run_cli(
+    result = run_process(
         ["--input", str(csv_path), "--prompt-id", "p", "--skip-existing"], env=_env(database)
     )
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     bios = database.bios()
     assert [bios[a.artist_id] for a in artists[:4]] == ["Hand-written bio"] * 4
     assert fake_openai.total_requests == 6
@@ -155,8 +149,8 @@ def test_an_artist_missing_from_the_table_is_recorded_as_skipped(
     artists = make_artists(3, seed=13)
     database.seed(artists[:2])
     csv_path = write_csv(tmp_path / "a.csv", artists)
-    result = run_cli(["--input", str(csv_path), "--prompt-id", "p"], env=_env(database))
-    assert result.returncode == 0, result.stderr
+    result = run_process(["--input", str(csv_path), "--prompt-id", "p"], env=_env(database))
+    assert result.code == 0, result.stderr
     statuses = {
         r["artist_id"]: r["db_status"] for r in assert_mirror(tmp_path / "out.jsonl", database)
     }
@@ -171,8 +165,8 @@ def test_citations_are_stripped_before_commit(
     database.seed(artists)
     fake_openai.add_rule("citations")
     csv_path = write_csv(tmp_path / "a.csv", artists)
-    result = run_cli(["--input", str(csv_path), "--prompt-id", "p"], env=_env(database))
-    assert result.returncode == 0, result.stderr
+    result = run_process(["--input", str(csv_path), "--prompt-id", "p"], env=_env(database))
+    assert result.code == 0, result.stderr
     assert sorted(database.bios().values()) == sorted(bio_for(a.name) for a in artists)
 
 
@@ -180,8 +174,8 @@ def test_dry_run_needs_no_key_and_no_database(tmp_path: Path, fake_openai: FakeO
     artists = make_artists(8, seed=15)
     csv_path = write_csv(tmp_path / "a.csv", artists)
     env = cli_env(OPENAI_API_KEY=None, DATABASE_URL="postgresql://u:p@127.0.0.1:1/none")
-    result = run_cli(["--input", str(csv_path), "--prompt-id", "pmpt_x", "--dry-run"], env=env)
-    assert result.returncode == 0, result.stderr
+    result = run_process(["--input", str(csv_path), "--prompt-id", "pmpt_x", "--dry-run"], env=env)
+    assert result.code == 0, result.stderr
     payloads = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(payloads) == 5
     assert payloads[0]["request"]["prompt"]["variables"]["artist_name"] == artists[0].name

@@ -16,17 +16,11 @@ import pytest
 
 from artist_bio_gen import exit_codes
 
-from .fake_openai import FakeOpenAI
-from .helpers import (
-    TestDatabase,
-    assert_mirror,
-    cli_env,
-    make_artists,
-    read_jsonl,
-    run_cli,
-    start_cli,
-    write_csv,
-)
+from .support.checks import assert_mirror, read_jsonl
+from .support.cli import cli_env, run_process, start_process
+from .support.data import make_artists, write_csv
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 WORKERS = 4
 # The canary (first artist, alone) plus one request per worker.
@@ -38,7 +32,7 @@ class _Run:
     """A CLI run in the background whose stderr is collected line by line as it comes."""
 
     def __init__(self, args: list[str], env: dict[str, str]):
-        self.proc = start_cli(args, env=env)
+        self.proc = start_process(args, env=env)
         self._lines: list[str] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -129,13 +123,13 @@ def test_a_second_run_is_refused_at_once(
     try:
         assert released.wait_for_requests(1, timeout=30), first.stderr
         started = time.monotonic()
-        second = run_cli(["--resume"], env=env, timeout=30)
+        second = run_process(["--resume"], env=env, timeout=30)
         elapsed = time.monotonic() - started
     finally:
         released.release()
     code, _ = first.finish(timeout=120)
 
-    assert second.returncode == exit_codes.EXIT_LOCKED, second.stderr
+    assert second.code == exit_codes.EXIT_LOCKED, second.stderr
     assert f"pid {first.pid}" in second.stderr, second.stderr
     assert elapsed < 1.0, f"the refused run took {elapsed:.2f} s (interpreter start included)"
     assert code == exit_codes.EXIT_SUCCESS
@@ -161,9 +155,9 @@ def test_a_killed_run_does_not_block_the_next(
         released.release()
     assert lock_file.exists()
 
-    result = run_cli(["--resume"], env=env)
+    result = run_process(["--resume"], env=env)
 
-    assert result.returncode == exit_codes.EXIT_SUCCESS, result.stderr
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
     assert len(assert_mirror(tmp_path / "out.jsonl", database)) == len(ARTISTS)
     assert lock_file.exists()
 
@@ -197,8 +191,8 @@ def test_a_signal_stops_submitting_and_lets_in_flight_artists_finish(
     assert len(assert_mirror(tmp_path / "out.jsonl", database)) == IN_FLIGHT_AFTER_CANARY
 
     fake_openai.clear_rules()
-    resumed = run_cli(["--resume"], env=env)
-    assert resumed.returncode == exit_codes.EXIT_SUCCESS, resumed.stderr
+    resumed = run_process(["--resume"], env=env)
+    assert resumed.code == exit_codes.EXIT_SUCCESS, resumed.stderr
     assert len(assert_mirror(tmp_path / "out.jsonl", database)) == len(ARTISTS)
     assert fake_openai.total_requests == len(ARTISTS)
 
@@ -242,8 +236,8 @@ def test_a_second_signal_exits_at_once(
     assert {r["artist_id"] for r in records} <= ledger, "a line only after its commit"
 
     fake_openai.clear_rules()
-    resumed = run_cli(["--resume"], env=env)
-    assert resumed.returncode == exit_codes.EXIT_SUCCESS, resumed.stderr
+    resumed = run_process(["--resume"], env=env)
+    assert resumed.code == exit_codes.EXIT_SUCCESS, resumed.stderr
     assert len(assert_mirror(out, database)) == len(ARTISTS)
 
 

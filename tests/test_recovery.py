@@ -16,7 +16,9 @@ from artist_bio_gen.database.schema import ensure_ledger, inspect_target_table
 from artist_bio_gen.database.store import BioRow, BioStore
 from artist_bio_gen.models import DatabaseConfig, TokenUsage
 
-from .helpers import TestDatabase, make_artists, read_jsonl
+from .support.checks import read_jsonl
+from .support.data import make_artists
+from .support.database import TestDatabase
 
 
 @pytest.fixture

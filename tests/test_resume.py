@@ -8,7 +8,6 @@ which is deterministic: exactly the first ``k`` artists are committed.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -18,16 +17,11 @@ import pytest
 from artist_bio_gen import exit_codes
 from artist_bio_gen.models import ArtistData
 
-from .fake_openai import FakeOpenAI
-from .helpers import (
-    TestDatabase,
-    assert_mirror,
-    cli_env,
-    make_artists,
-    read_jsonl,
-    run_cli,
-    write_csv,
-)
+from .support.checks import assert_mirror, read_jsonl
+from .support.cli import CliResult, cli_env, run_process
+from .support.data import make_artists, write_csv
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 PROMPT = "pmpt_resume"
 # No SDK retries and a short timeout: a scripted failure costs exactly one request.
@@ -40,15 +34,15 @@ def _env(db: TestDatabase | None) -> dict[str, str]:
     return cli_env(DATABASE_URL=db.url if db else None)
 
 
-def _start(csv_path: Path, db: TestDatabase | None, *extra: str) -> subprocess.CompletedProcess:
+def _start(csv_path: Path, db: TestDatabase | None, *extra: str) -> CliResult:
     """Start a new job on ``csv_path`` writing ``out.jsonl`` in the current directory."""
     args = ["--input", str(csv_path), "--prompt-id", PROMPT, *WORKERS, *FAST, *extra]
-    return run_cli(args, env=_env(db))
+    return run_process(args, env=_env(db))
 
 
-def _resume(db: TestDatabase | None, *extra: str) -> subprocess.CompletedProcess:
+def _resume(db: TestDatabase | None, *extra: str) -> CliResult:
     """``--resume`` alone (the job recorded beside ``out.jsonl``)."""
-    return run_cli(["--resume", *WORKERS, *FAST, *extra], env=_env(db))
+    return run_process(["--resume", *WORKERS, *FAST, *extra], env=_env(db))
 
 
 def _seeded_csv(
@@ -105,14 +99,16 @@ def test_resume_after_a_quota_stop_processes_only_the_rest(
     artists, csv_path = _seeded_csv(tmp_path, database, 30, seed=101)
     _stop_after(fake_openai, 10)
     first = _start(csv_path, database)
-    assert first.returncode == exit_codes.EXIT_RUN_ABORTED, first.stderr
+    assert first.code == exit_codes.EXIT_RUN_ABORTED, first.stderr
     assert len(assert_mirror(tmp_path / "out.jsonl", database)) == 10
 
     fake_openai.clear_rules()
     before = fake_openai.total_requests
-    second = run_cli(["--resume", "--input", str(csv_path), *WORKERS, *FAST], env=_env(database))
+    second = run_process(
+        ["--resume", "--input", str(csv_path), *WORKERS, *FAST], env=_env(database)
+    )
 
-    assert second.returncode == exit_codes.EXIT_SUCCESS, second.stderr
+    assert second.code == exit_codes.EXIT_SUCCESS, second.stderr
     assert "resumed: 10 already done, about 20 to go" in second.stderr
     assert "already done 10" in second.stderr  # the summary line
     assert fake_openai.total_requests - before == 20  # only the rest was requested
@@ -127,7 +123,7 @@ def test_resume_twice_after_a_complete_run_does_nothing_quickly(
     """After a complete run, ``--resume`` twice in a row: no request, exit 0, fast, and the
     output is left byte-identical."""
     artists, csv_path = _seeded_csv(tmp_path, database, 25, seed=102)
-    assert _start(csv_path, database).returncode == exit_codes.EXIT_SUCCESS
+    assert _start(csv_path, database).code == exit_codes.EXIT_SUCCESS
     content = (tmp_path / "out.jsonl").read_bytes()
     requests = fake_openai.total_requests
     assert requests == len(artists)
@@ -136,7 +132,7 @@ def test_resume_twice_after_a_complete_run_does_nothing_quickly(
         started = time.monotonic()
         result = _resume(database)
         elapsed = time.monotonic() - started
-        assert result.returncode == exit_codes.EXIT_SUCCESS, result.stderr
+        assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
         assert f"resumed: {len(artists)} already done, about 0 to go" in result.stderr
         assert fake_openai.total_requests == requests
         # "Nothing left to do exits quickly": interpreter start, one DB check, one scan.
@@ -153,14 +149,14 @@ def test_resume_alone_continues_the_recorded_job(
     same input file, same prompt, same job id."""
     artists, csv_path = _seeded_csv(tmp_path, database, 16, seed=103)
     _stop_after(fake_openai, 6)
-    assert _start(csv_path, database).returncode == exit_codes.EXIT_RUN_ABORTED
+    assert _start(csv_path, database).code == exit_codes.EXIT_RUN_ABORTED
     manifest = json.loads((tmp_path / "out.job.json").read_text(encoding="utf-8"))
     assert Path(manifest["input"]) == csv_path.resolve()
 
     fake_openai.clear_rules()
     result = _resume(database)
 
-    assert result.returncode == exit_codes.EXIT_SUCCESS, result.stderr
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
     assert "resumed: 6 already done" in result.stderr
     records = assert_mirror(tmp_path / "out.jsonl", database)
     assert {r["artist_id"] for r in records} == _ids(artists)
@@ -189,14 +185,14 @@ def test_resume_refuses_a_conflicting_job_setting(
     message naming the recorded value; nothing is requested and the output is untouched."""
     _, csv_path = _seeded_csv(tmp_path, database, 12, seed=104)
     _stop_after(fake_openai, 4)
-    assert _start(csv_path, database).returncode == exit_codes.EXIT_RUN_ABORTED
+    assert _start(csv_path, database).code == exit_codes.EXIT_RUN_ABORTED
     fake_openai.clear_rules()
     content = (tmp_path / "out.jsonl").read_bytes()
     requests = fake_openai.total_requests
 
     result = _resume(database, *flags)
 
-    assert result.returncode == exit_codes.EXIT_INPUT_ERROR, result.stderr
+    assert result.code == exit_codes.EXIT_INPUT_ERROR, result.stderr
     assert "started with" in result.stderr and recorded in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert fake_openai.total_requests == requests
@@ -210,14 +206,14 @@ def test_resume_accepts_a_safe_override(
     with at most 2 requests in flight."""
     artists, csv_path = _seeded_csv(tmp_path, database, 14, seed=105)
     _stop_after(fake_openai, 4)
-    assert _start(csv_path, database).returncode == exit_codes.EXIT_RUN_ABORTED
+    assert _start(csv_path, database).code == exit_codes.EXIT_RUN_ABORTED
     fake_openai.clear_rules()
     fake_openai.reset_counts()
     fake_openai.latency = 0.02
 
-    result = run_cli(["--resume", "--max-workers", "2", *FAST], env=_env(database))
+    result = run_process(["--resume", "--max-workers", "2", *FAST], env=_env(database))
 
-    assert result.returncode == exit_codes.EXIT_SUCCESS, result.stderr
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
     assert fake_openai.total_requests == 10
     assert fake_openai.concurrent_max <= 2
     assert len(assert_mirror(tmp_path / "out.jsonl", database)) == len(artists)
@@ -228,9 +224,9 @@ def test_resume_with_nothing_to_resume_and_no_input(
 ) -> None:
     """``--resume`` in a directory without a job and without --input: exit 2, a message that
     says there is nothing to resume and how to start, and no job files created."""
-    result = run_cli(["--resume", "--prompt-id", PROMPT], env=_env(database))
+    result = run_process(["--resume", "--prompt-id", PROMPT], env=_env(database))
 
-    assert result.returncode == exit_codes.EXIT_INPUT_ERROR, result.stderr
+    assert result.code == exit_codes.EXIT_INPUT_ERROR, result.stderr
     assert "Nothing to resume" in result.stderr and "--input" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out.jsonl").exists()
@@ -270,7 +266,7 @@ def test_resume_adopts_a_legacy_jsonl(
 
     result = _start(csv_path, database, "--resume")
 
-    assert result.returncode == exit_codes.EXIT_SUCCESS, result.stderr
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
     data = out.read_bytes()
     assert data.startswith(legacy), "the legacy lines must stay byte-identical"
     redone = [*failed, db_error, *fresh]
@@ -296,7 +292,7 @@ def test_overwrite_moves_the_old_job_aside(
     ``*.replaced-*`` (content intact), starts a new job id and deletes nothing."""
     artists, csv_path = _seeded_csv(tmp_path, database, 8, seed=107)
     fake_openai.add_rule("bad_request", name=artists[3].name)
-    assert _start(csv_path, database).returncode == exit_codes.EXIT_API_FAILURES
+    assert _start(csv_path, database).code == exit_codes.EXIT_API_FAILURES
     names = ("out.jsonl", "out.job.json", "out.failures.jsonl")
     before = {name: (tmp_path / name).read_bytes() for name in names}
     old_job = json.loads(before["out.job.json"])["job_id"]
@@ -304,7 +300,7 @@ def test_overwrite_moves_the_old_job_aside(
 
     result = _start(csv_path, database, "--overwrite")
 
-    assert result.returncode == exit_codes.EXIT_SUCCESS, result.stderr
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
     for name in names:
         moved = _replaced(tmp_path, name)
         assert len(moved) == 1, (name, sorted(p.name for p in tmp_path.iterdir()))
@@ -331,21 +327,21 @@ def test_a_poison_artist_is_given_up_after_max_attempts(
     poison = artists[2]
     fake_openai.add_rule("bad_request", name=poison.name)
 
-    assert _start(csv_path, database).returncode == exit_codes.EXIT_API_FAILURES
+    assert _start(csv_path, database).code == exit_codes.EXIT_API_FAILURES
     for run in (2, 3):
         result = _resume(database)
-        assert result.returncode == exit_codes.EXIT_API_FAILURES, result.stderr
+        assert result.code == exit_codes.EXIT_API_FAILURES, result.stderr
         assert fake_openai.calls(poison.name) == run
     assert _attempts(tmp_path, poison) == [1, 2, 3]
 
     fourth = _resume(database)
-    assert fourth.returncode in (exit_codes.EXIT_SUCCESS, exit_codes.EXIT_API_FAILURES)
+    assert fourth.code in (exit_codes.EXIT_SUCCESS, exit_codes.EXIT_API_FAILURES)
     assert fake_openai.calls(poison.name) == 3
     assert "failed 3 times already" in fourth.stderr and "--retry-failed" in fourth.stderr
     assert _attempts(tmp_path, poison) == [1, 2, 3]
 
     retried = _resume(database, "--retry-failed")
-    assert retried.returncode == exit_codes.EXIT_API_FAILURES, retried.stderr
+    assert retried.code == exit_codes.EXIT_API_FAILURES, retried.stderr
     assert fake_openai.calls(poison.name) == 4
     assert _attempts(tmp_path, poison) == [1, 2, 3, 4]
     others = [a for a in artists if a is not poison]
@@ -361,13 +357,13 @@ def test_resume_without_database_uses_the_jsonl(
     a database job."""
     artists, csv_path = _seeded_csv(tmp_path, None, 15, seed=109)
     _stop_after(fake_openai, 5)
-    assert _start(csv_path, None, "--no-db").returncode == exit_codes.EXIT_RUN_ABORTED
+    assert _start(csv_path, None, "--no-db").code == exit_codes.EXIT_RUN_ABORTED
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 5
     fake_openai.clear_rules()
     before = fake_openai.total_requests
 
     second = _resume(None)
-    assert second.returncode == exit_codes.EXIT_SUCCESS, second.stderr
+    assert second.code == exit_codes.EXIT_SUCCESS, second.stderr
     assert "resumed: 5 already done" in second.stderr
     assert fake_openai.total_requests - before == 10
     records = read_jsonl(tmp_path / "out.jsonl")
@@ -375,7 +371,7 @@ def test_resume_without_database_uses_the_jsonl(
     assert {r["db_status"] for r in records} == {"null"}
 
     third = _resume(database)  # DATABASE_URL is set now; the job stays JSONL-only
-    assert third.returncode == exit_codes.EXIT_SUCCESS, third.stderr
+    assert third.code == exit_codes.EXIT_SUCCESS, third.stderr
     assert fake_openai.total_requests - before == 10
     assert database.ledger() == []
     _assert_paid_once(fake_openai, artists)
@@ -388,7 +384,7 @@ def test_resume_restores_lines_lost_after_commit_from_the_database(
     the append): ``--resume`` appends them again from the database, byte for byte, without
     any API call."""
     artists, csv_path = _seeded_csv(tmp_path, database, 10, seed=110)
-    assert _start(csv_path, database).returncode == exit_codes.EXIT_SUCCESS
+    assert _start(csv_path, database).code == exit_codes.EXIT_SUCCESS
     out = tmp_path / "out.jsonl"
     lines = out.read_bytes().splitlines(keepends=True)
     kept, lost = lines[:-3], lines[-3:]
@@ -397,7 +393,7 @@ def test_resume_restores_lines_lost_after_commit_from_the_database(
 
     result = _resume(database)
 
-    assert result.returncode == exit_codes.EXIT_SUCCESS, result.stderr
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
     assert fake_openai.total_requests == requests
     restored = out.read_bytes().splitlines(keepends=True)
     assert restored[: len(kept)] == kept
@@ -412,7 +408,7 @@ def test_a_line_without_ledger_row_stops_resume(
     stops with exit 6 naming the id, before any API call, and leaves the file as it is."""
     _, csv_path = _seeded_csv(tmp_path, database, 12, seed=111)
     _stop_after(fake_openai, 4)
-    assert _start(csv_path, database).returncode == exit_codes.EXIT_RUN_ABORTED
+    assert _start(csv_path, database).code == exit_codes.EXIT_RUN_ABORTED
     fake_openai.clear_rules()
     out = tmp_path / "out.jsonl"
     stranger = str(uuid.uuid4())
@@ -424,7 +420,7 @@ def test_a_line_without_ledger_row_stops_resume(
 
     result = _resume(database)
 
-    assert result.returncode == exit_codes.EXIT_OUT_OF_SYNC, result.stderr
+    assert result.code == exit_codes.EXIT_OUT_OF_SYNC, result.stderr
     assert stranger in result.stderr
     assert "Traceback" not in result.stderr
     assert fake_openai.total_requests == requests

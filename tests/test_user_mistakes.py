@@ -9,12 +9,14 @@ import pytest
 
 from artist_bio_gen import exit_codes
 
-from .fake_openai import FakeOpenAI
-from .helpers import TEST_API_KEY, TestDatabase, cli_env, make_artists, run_cli, write_csv
+from .support.cli import TEST_API_KEY, cli_env, run_process
+from .support.data import make_artists, write_csv
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 
 def _assert_clean_failure(result, code: int, *fragments: str) -> None:
-    assert result.returncode == code, (result.returncode, result.stderr)
+    assert result.code == code, (result.code, result.stderr)
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, result.stderr
@@ -27,28 +29,28 @@ def csv_file(tmp_path: Path) -> Path:
 
 
 def test_missing_input_file(tmp_path: Path, database: TestDatabase) -> None:
-    result = run_cli(
+    result = run_process(
         ["--input", "nope.csv", "--prompt-id", "p"], env=cli_env(DATABASE_URL=database.url)
     )
     _assert_clean_failure(result, exit_codes.EXIT_INPUT_FILE_ERROR, "nope.csv", "does not exist")
 
 
 def test_missing_api_key(csv_file: Path) -> None:
-    result = run_cli(
+    result = run_process(
         ["--input", str(csv_file), "--prompt-id", "p", "--no-db"], env=cli_env(OPENAI_API_KEY=None)
     )
     _assert_clean_failure(result, exit_codes.EXIT_CONFIG_ERROR, "No API key", "OPENAI_API_KEY")
 
 
 def test_missing_prompt(csv_file: Path) -> None:
-    result = run_cli(["--input", str(csv_file), "--no-db"])
+    result = run_process(["--input", str(csv_file), "--no-db"])
     _assert_clean_failure(
         result, exit_codes.EXIT_CONFIG_ERROR, "No prompt configured", "--prompt-id", "--model"
     )
 
 
 def test_bad_database_url(csv_file: Path) -> None:
-    result = run_cli(
+    result = run_process(
         ["--input", str(csv_file), "--prompt-id", "p"],
         env=cli_env(DATABASE_URL="mysql://u:hunter2@h/db"),
     )
@@ -60,7 +62,9 @@ def test_bad_database_url(csv_file: Path) -> None:
 
 def test_unreachable_database(csv_file: Path, fake_openai: FakeOpenAI) -> None:
     url = "postgresql://someone:s3cretpass@127.0.0.1:1/music"
-    result = run_cli(["--input", str(csv_file), "--prompt-id", "p"], env=cli_env(DATABASE_URL=url))
+    result = run_process(
+        ["--input", str(csv_file), "--prompt-id", "p"], env=cli_env(DATABASE_URL=url)
+    )
     _assert_clean_failure(
         result, exit_codes.EXIT_CONFIG_ERROR, "Cannot connect to PostgreSQL", "127.0.0.1:1/music"
     )
@@ -74,7 +78,9 @@ def test_wrong_password(csv_file: Path, database: TestDatabase, fake_openai: Fak
     url = parts._replace(
         netloc=f"{parts.username}:wrong-password-xyz@{parts.hostname}:{parts.port}"
     ).geturl()
-    result = run_cli(["--input", str(csv_file), "--prompt-id", "p"], env=cli_env(DATABASE_URL=url))
+    result = run_process(
+        ["--input", str(csv_file), "--prompt-id", "p"], env=cli_env(DATABASE_URL=url)
+    )
     _assert_clean_failure(
         result,
         exit_codes.EXIT_CONFIG_ERROR,
@@ -86,7 +92,7 @@ def test_wrong_password(csv_file: Path, database: TestDatabase, fake_openai: Fak
 
 
 def test_missing_table(csv_file: Path, database: TestDatabase, fake_openai: FakeOpenAI) -> None:
-    result = run_cli(
+    result = run_process(
         ["--input", str(csv_file), "--prompt-id", "p", "--db-table", "singers"],
         env=cli_env(DATABASE_URL=database.url),
     )
@@ -98,7 +104,7 @@ def test_missing_bio_column(
     csv_file: Path, database: TestDatabase, fake_openai: FakeOpenAI
 ) -> None:
     database.execute("ALTER TABLE artists DROP COLUMN bio")
-    result = run_cli(
+    result = run_process(
         ["--input", str(csv_file), "--prompt-id", "p"], env=cli_env(DATABASE_URL=database.url)
     )
     _assert_clean_failure(
@@ -111,7 +117,7 @@ def test_missing_bio_column(
 
 
 def test_invalid_table_name(csv_file: Path, database: TestDatabase) -> None:
-    result = run_cli(
+    result = run_process(
         ["--input", str(csv_file), "--prompt-id", "p", "--db-table", "artists; drop table x"],
         env=cli_env(DATABASE_URL=database.url),
     )
@@ -121,7 +127,7 @@ def test_invalid_table_name(csv_file: Path, database: TestDatabase) -> None:
 def test_existing_output_without_resume_is_refused_and_kept(csv_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     out.write_text('{"artist_id": "x"}\n', encoding="utf-8")
-    result = run_cli(["--input", str(csv_file), "--prompt-id", "p", "--no-db"])
+    result = run_process(["--input", str(csv_file), "--prompt-id", "p", "--no-db"])
     _assert_clean_failure(
         result, exit_codes.EXIT_INPUT_ERROR, "already holds lines", "--resume", "--overwrite"
     )
@@ -141,13 +147,13 @@ def test_existing_output_without_resume_is_refused_and_kept(csv_file: Path, tmp_
     ],
 )
 def test_bad_flag_combinations(csv_file: Path, flags: list[str], fragment: str) -> None:
-    result = run_cli(["--input", str(csv_file), "--prompt-id", "p", *flags])
+    result = run_process(["--input", str(csv_file), "--prompt-id", "p", *flags])
     _assert_clean_failure(result, exit_codes.EXIT_INPUT_ERROR, fragment)
 
 
 def test_instructions_file_with_a_stored_prompt(csv_file: Path, tmp_path: Path) -> None:
     (tmp_path / "i.txt").write_text("x", encoding="utf-8")
-    result = run_cli(
+    result = run_process(
         ["--input", str(csv_file), "--prompt-id", "p", "--instructions-file", "i.txt", "--no-db"]
     )
     _assert_clean_failure(
@@ -156,12 +162,12 @@ def test_instructions_file_with_a_stored_prompt(csv_file: Path, tmp_path: Path) 
 
 
 def test_enable_db_without_url(csv_file: Path) -> None:
-    result = run_cli(["--input", str(csv_file), "--prompt-id", "p", "--enable-db"])
+    result = run_process(["--input", str(csv_file), "--prompt-id", "p", "--enable-db"])
     _assert_clean_failure(result, exit_codes.EXIT_CONFIG_ERROR, "No database URL")
 
 
 def test_bad_environment_value(csv_file: Path) -> None:
-    result = run_cli(
+    result = run_process(
         ["--input", str(csv_file), "--prompt-id", "p", "--no-db"],
         env=cli_env(OPENAI_TIMEOUT="soon"),
     )
@@ -172,13 +178,13 @@ def test_bad_environment_value(csv_file: Path) -> None:
 
 def test_transaction_log_in_a_missing_directory(csv_file: Path, tmp_path: Path) -> None:
     args = ["--input", str(csv_file), "--prompt-id", "p", "--no-db"]
-    result = run_cli([*args, "--transaction-log", "nope/tx.jsonl"])
+    result = run_process([*args, "--transaction-log", "nope/tx.jsonl"])
     _assert_clean_failure(result, exit_codes.EXIT_INPUT_ERROR, "--transaction-log")
     assert not (tmp_path / "out.job.json").exists()  # nothing written: a corrected run starts
 
 
 def test_output_in_a_missing_directory(csv_file: Path) -> None:
-    result = run_cli(
+    result = run_process(
         [
             "--input",
             str(csv_file),
@@ -206,10 +212,10 @@ def test_bad_rows_are_reported_and_skipped(
         f"{good[1].artist_id},{good[1].name},\n",
         encoding="utf-8",
     )
-    result = run_cli(
+    result = run_process(
         ["--input", str(csv_path), "--prompt-id", "p"], env=cli_env(DATABASE_URL=database.url)
     )
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     assert "line 3" in result.stderr and "not a valid UUID" in result.stderr
     assert "line 4" in result.stderr
     assert "bad input lines 2" in result.stderr
@@ -221,7 +227,7 @@ def test_api_key_on_the_command_line_is_never_printed(
 ) -> None:
     fake_openai.add_rule("unauthorized")
     secret = "sk-commandline-secret-0000000000"
-    result = run_cli(
+    result = run_process(
         [
             "--input",
             str(csv_file),
@@ -233,5 +239,5 @@ def test_api_key_on_the_command_line_is_never_printed(
             "--verbose",
         ]
     )
-    assert result.returncode == exit_codes.EXIT_CONFIG_ERROR
+    assert result.code == exit_codes.EXIT_CONFIG_ERROR
     assert secret not in result.stderr + result.stdout

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +17,11 @@ import pytest
 
 from artist_bio_gen import exit_codes
 
-from .fake_openai import FakeOpenAI
-from .helpers import TestDatabase, assert_mirror, cli_env, make_artists, run_cli, write_csv
+from .support.checks import assert_mirror
+from .support.cli import CliResult, cli_env, run_process
+from .support.data import make_artists, write_csv
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 ARTISTS = 12
 # The report's counters that describe a problem (all 0 for a consistent job).
@@ -42,8 +44,8 @@ class Job:
     env: dict[str, str]
     lines: list[bytes]
 
-    def verify(self, *extra: str) -> subprocess.CompletedProcess:
-        return run_cli(["verify", "--output", str(self.out), *extra], env=self.env)
+    def verify(self, *extra: str) -> CliResult:
+        return run_process(["verify", "--output", str(self.out), *extra], env=self.env)
 
     def write_lines(self, lines: list[bytes]) -> None:
         self.out.write_bytes(b"".join(lines))
@@ -60,8 +62,8 @@ def job(tmp_path: Path, database: TestDatabase, fake_openai: FakeOpenAI) -> Job:
     database.seed(artists)
     csv_path = write_csv(tmp_path / "artists.csv", artists)
     env = cli_env(DATABASE_URL=database.url)
-    result = run_cli(["--input", str(csv_path), "--prompt-id", "pmpt_verify"], env=env)
-    assert result.returncode == exit_codes.EXIT_SUCCESS, result.stderr
+    result = run_process(["--input", str(csv_path), "--prompt-id", "pmpt_verify"], env=env)
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
     out = tmp_path / "out.jsonl"
     assert len(assert_mirror(out, database)) == ARTISTS
     return Job(out, env, out.read_bytes().splitlines(keepends=True))
@@ -118,7 +120,7 @@ NOT_REPAIRABLE = ("not-in-database", "duplicate-line", "text-differs")
 def test_a_clean_job_is_consistent(job: Job) -> None:
     """Right after a clean run, verify exits 0, says "consistent" and counts every line."""
     result = job.verify()
-    assert result.returncode == exit_codes.EXIT_SUCCESS, result.stdout + result.stderr
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stdout + result.stderr
     assert "consistent" in result.stdout
     report = counters(result.stdout)
     assert report["JSONL lines"] == report["committed rows"] == ARTISTS
@@ -133,7 +135,7 @@ def test_each_mismatch_is_reported(job: Job, damage: str) -> None:
 
     result = job.verify()
 
-    assert result.returncode == exit_codes.EXIT_OUT_OF_SYNC, result.stdout + result.stderr
+    assert result.code == exit_codes.EXIT_OUT_OF_SYNC, result.stdout + result.stderr
     assert "DIFFERENT" in result.stdout
     report = counters(result.stdout)
     wanted = dict.fromkeys(PROBLEMS, 0) | {counter: expected}
@@ -149,8 +151,8 @@ def test_repair_fixes_a_torn_tail_and_missing_lines(job: Job, damage: str) -> No
     repaired = job.verify("--repair")
     again = job.verify()
 
-    assert repaired.returncode == exit_codes.EXIT_SUCCESS, repaired.stdout + repaired.stderr
-    assert again.returncode == exit_codes.EXIT_SUCCESS, again.stdout + again.stderr
+    assert repaired.code == exit_codes.EXIT_SUCCESS, repaired.stdout + repaired.stderr
+    assert again.code == exit_codes.EXIT_SUCCESS, again.stdout + again.stderr
     assert "consistent" in again.stdout
     assert sorted(job.out.read_bytes().splitlines(keepends=True)) == sorted(job.lines)
 
@@ -162,8 +164,8 @@ def test_repair_fixes_both_at_once(job: Job) -> None:
 
     repaired = job.verify("--repair")
 
-    assert repaired.returncode == exit_codes.EXIT_SUCCESS, repaired.stdout + repaired.stderr
-    assert job.verify().returncode == exit_codes.EXIT_SUCCESS
+    assert repaired.code == exit_codes.EXIT_SUCCESS, repaired.stdout + repaired.stderr
+    assert job.verify().code == exit_codes.EXIT_SUCCESS
     assert sorted(job.out.read_bytes().splitlines(keepends=True)) == sorted(job.lines)
 
 
@@ -176,6 +178,6 @@ def test_repair_leaves_what_it_cannot_repair(job: Job, damage: str) -> None:
 
     result = job.verify("--repair")
 
-    assert result.returncode == exit_codes.EXIT_OUT_OF_SYNC, result.stdout + result.stderr
+    assert result.code == exit_codes.EXIT_OUT_OF_SYNC, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert job.out.read_bytes() == damaged

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real PostgreSQL database per test, the fake OpenAI server, isolation.
+"""Shared fixtures: a real PostgreSQL database per test, the fake OpenAI server, isolation,
+and ``make_job``: a test's artists, input CSV and database with the CLI to run on them.
 
 Every test runs in its own temporary directory with an environment scrubbed of the user's
 settings: the API key is a dummy, OPENAI_BASE_URL points at a closed local port unless a test
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from .support.cli import ROOT, TEST_API_KEY
+from .support.cli import ROOT, TEST_API_KEY, Job, MakeJob
+from .support.data import make_artists, write_csv
 from .support.database import TemplateDatabases, TestDatabase
 from .support.fake_openai import FakeOpenAI
 
@@ -86,3 +88,36 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Port 9 (discard) on loopback: a request that escapes the fake fails fast and locally.
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def make_job(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake_openai: FakeOpenAI,
+) -> MakeJob:
+    """Builds a ``Job`` in the test directory: ``count`` artists (``make_artists(count,
+    seed)``) written to ``artists.csv``; with ``database`` (the default) the test's database
+    is DATABASE_URL and holds the first ``seeded`` artists (all by default) in ``table``,
+    with ``bio``. The fake OpenAI server is always configured."""
+
+    def make(
+        count: int = 0,
+        *,
+        seed: int = 1,
+        database: bool = True,
+        table: str = "artists",
+        bio: str | None = None,
+        seeded: int | None = None,
+    ) -> Job:
+        artists = make_artists(count, seed=seed)
+        db: TestDatabase | None = None
+        if database:
+            db = request.getfixturevalue("database")
+            db.seed(artists[:seeded], table=table, bio=bio)
+            monkeypatch.setenv("DATABASE_URL", db.url)
+        csv_path = write_csv(tmp_path / "artists.csv", artists)
+        return Job(tmp_path, artists, csv_path, db, fake_openai)
+
+    return make

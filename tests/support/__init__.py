@@ -4,7 +4,8 @@
 * ``data``: generated artists (``make_artists``, lazy ``iter_artists``) and input CSV files;
 * ``database``: the user's tables (``USER_TABLES``), template and fresh databases
   (``TemplateDatabases``) and a test's handle on its database (``TestDatabase``);
-* ``cli``: the CLI as a subprocess (``run_process``, ``start_process``, ``cli_env``);
+* ``cli``: the CLI in the test process (``run_in_process``) or as a subprocess
+  (``run_process``, ``start_process``), and ``Job`` (see the ``job`` fixture);
 * ``checks``: invariants after a run (``read_jsonl``, ``assert_mirror``,
   ``assert_legacy_record``).
 

@@ -10,8 +10,26 @@ Modules:
 * ``scenarios``: one function per target; ``resume``: a job with a million done artists;
 * ``tool``: the tool as a measured subprocess (CPU and RSS sampled from ``/proc``);
 * ``bareloop``: the bare SDK loop the L=0 target compares against (its own process);
-* ``fakeserver``: ``tests/fake_openai.FakeOpenAI`` in its own process, driven over a pipe;
+* ``fakeserver``: ``tests.support.fake_openai.FakeOpenAI`` in its own process, driven over a pipe;
 * ``procstat``: ``/proc`` sampling and ``wait4`` resource usage;
 * ``timeline``: overall and steady-state rates from completion timestamps;
-* ``data`` and ``database``: artists, CSV files, bench databases, a million done artists.
+* ``database``: bench databases (``tests.support.database``), bulk loading, a million done
+  artists.
+
+Artists and CSV files come from ``tests.support.data`` (``bench_artists`` below), the
+user's tables and the template databases from ``tests.support.database`` and the fake server
+from ``tests.support.fake_openai``: the benchmarks keep no copies of the suite's helpers.
 """
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from tests.support.data import Artist, iter_artists
+
+
+def bench_artists(count: int, seed: int, prefix: str = "Artist") -> Iterator[Artist]:
+    """``count`` artists, lazily, named with their seed and 7 digits ("Artist 4242-0000042
+    Ünïcode"): artists of different seeds never share a name, and a million names all have
+    the same length."""
+    return iter_artists(count, seed, prefix, digits=7, seed_in_name=True)

@@ -20,7 +20,7 @@ import httpx2
 import openai
 from openai.types.responses import ResponsePromptParam
 
-from .data import make_artists
+from . import bench_artists
 
 NO_ARTIST_DATA = "No additional data provided"
 
@@ -54,7 +54,7 @@ def run(workers: int, count: int, seed: int, prompt_id: str) -> tuple[list[float
         completions.append(time.time())  # list.append is atomic
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for artist in make_artists(count, seed):
+        for artist in bench_artists(count, seed):
             pool.submit(call, artist.name, artist.data)
     return sorted(completions), failures[0]
 

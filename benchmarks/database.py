@@ -1,70 +1,28 @@
 """Bench databases on the ``TEST_DATABASE_URL`` server, and bulk loading with COPY.
 
 Every measured run gets a fresh database copied from a template that holds the user's
-tables (the test suite's ``USER_TABLES``); each is dropped afterwards.
+tables: ``BenchDatabases`` is the suite's ``TemplateDatabases`` (``tests.support.database``,
+which defines the tables as ``USER_TABLES``), with databases named ``abg_bench_*``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
-from collections.abc import Iterable, Iterator
-from urllib.parse import urlsplit
+from collections.abc import Iterable
 
 import psycopg
 
-from .data import Artist
+from tests.support.data import Artist
+from tests.support.database import TemplateDatabases
 
 _PREFIX = "abg_bench"
 
 
-def _user_tables() -> str:
-    """The DDL of the user's tables, as the test suite defines it."""
-    from tests.conftest import USER_TABLES
-
-    return USER_TABLES
-
-
-def url_for(admin_url: str, dbname: str) -> str:
-    """``admin_url`` pointed at another database."""
-    return urlsplit(admin_url)._replace(path="/" + dbname).geturl()
-
-
-class BenchDatabases:
+class BenchDatabases(TemplateDatabases):
     """Creates (and drops) bench databases on one server; a context manager."""
 
     def __init__(self, admin_url: str) -> None:
         """Create the template database on the server of ``admin_url``."""
-        self.admin_url = admin_url
-        self._template = f"{_PREFIX}_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        self._admin(f'CREATE DATABASE "{self._template}"')
-        with psycopg.connect(url_for(admin_url, self._template), autocommit=True) as conn:
-            conn.execute(_user_tables())
-
-    def _admin(self, statement: str) -> None:
-        with psycopg.connect(self.admin_url, autocommit=True) as admin:
-            admin.execute(statement)
-
-    @contextlib.contextmanager
-    def fresh(self) -> Iterator[str]:
-        """A new database with the user's tables (dropped on exit); yields its URL."""
-        name = f"{_PREFIX}_{uuid.uuid4().hex[:12]}"
-        self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
-        try:
-            yield url_for(self.admin_url, name)
-        finally:
-            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    def close(self) -> None:
-        """Drop the template."""
-        self._admin(f'DROP DATABASE IF EXISTS "{self._template}" WITH (FORCE)')
-
-    def __enter__(self) -> BenchDatabases:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(admin_url, prefix=_PREFIX)
 
 
 def seed_artists(url: str, artists: Iterable[Artist]) -> int:

@@ -2,7 +2,8 @@
 
 The benchmark driver (and the bare loop) must not share a GIL with the server, or the
 server's work would be charged to whatever is measured. ``FakeServer`` starts
-``python -m benchmarks.fakeserver``, which runs ``tests.fake_openai.FakeOpenAI`` and answers
+``python -m benchmarks.fakeserver``, which runs ``tests.support.fake_openai.FakeOpenAI`` and
+answers
 one JSON line per command line:
 
 * ``stats``: request counts, the arrival time (``time.monotonic()``, comparable across
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tests.fake_openai import FakeOpenAI
+    from tests.support.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +117,7 @@ def _stats_of(fake: FakeOpenAI) -> dict[str, Any]:
 
 def _serve(latency: float) -> None:
     sys.path.insert(0, str(ROOT))
-    from tests.fake_openai import FakeOpenAI
+    from tests.support.fake_openai import FakeOpenAI
 
     with FakeOpenAI(latency=latency) as fake:
         _reply({"base_url": fake.base_url})

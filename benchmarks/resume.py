@@ -21,8 +21,9 @@ from typing import BinaryIO
 from artist_bio_gen.core.jsonl import encode_line
 from artist_bio_gen.jobfiles import Checkpoint, JobPaths, read_manifest, write_manifest
 from artist_bio_gen.models import CommittedBio, TokenUsage
+from tests.support.data import Artist, append_csv, write_csv
 
-from .data import Artist, append_csv, make_artists, write_csv
+from . import bench_artists
 from .database import copy_ledger_rows, ledger_stats, seed_artists
 from .fakeserver import FakeServer
 from .tool import PROMPT_ID, RunFailed, child_env, job_args, tool_argv
@@ -111,9 +112,9 @@ def _seed_run(workdir: Path, url: str, server: FakeServer, first: list[Artist]) 
 def build_resume_job(workdir: Path, url: str, server: FakeServer, done: int, new: int) -> ResumeJob:
     """A job of ``done`` committed artists whose input lists ``new`` more at its end."""
     seed_count = min(SEED_RUN_ARTISTS, done)
-    done_artists = make_artists(done, _DONE_SEED)
+    done_artists = bench_artists(done, _DONE_SEED)
     first = [next(done_artists) for _ in range(seed_count)]
-    new_artists = list(make_artists(new, _NEW_SEED, prefix="New"))
+    new_artists = list(bench_artists(new, _NEW_SEED, prefix="New"))
     seed_artists(url, [*first, *new_artists])
     output = _seed_run(workdir, url, server, first)
     paths = JobPaths(output)
@@ -126,6 +127,6 @@ def build_resume_job(workdir: Path, url: str, server: FakeServer, done: int, new
     checkpoint = Checkpoint(jsonl_size=output.stat().st_size, ledger_seq=last_seq, lines=rows)
     write_manifest(paths, replace(manifest, checkpoint=checkpoint))
     # The input as a user would have it: every artist of the job, the new ones last.
-    write_csv(Path(manifest.input), make_artists(done, _DONE_SEED))
+    write_csv(Path(manifest.input), bench_artists(done, _DONE_SEED))
     append_csv(Path(manifest.input), new_artists)
     return ResumeJob(output, manifest.job_id, rows, new)

@@ -13,7 +13,9 @@ from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from .data import make_artists, write_csv
+from tests.support.data import write_csv
+
+from . import bench_artists
 from .database import BenchDatabases, done_ids_plan, seed_artists
 from .fakeserver import FakeServer
 from .procstat import Series
@@ -105,7 +107,7 @@ def run_job(
     """A new job over ``count`` fresh artists with ``workers``; the server answers after
     ``latency`` seconds."""
     server.set_latency(latency)
-    artists = list(make_artists(count, seed))
+    artists = list(bench_artists(count, seed))
     with bench.databases.fresh() as url, bench.workdir(f"job-{count}") as workdir:
         seed_artists(url, artists)
         csv_path = write_csv(workdir / "input.csv", artists)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real PostgreSQL database per test, the fake OpenAI server, isolation.
+"""Shared fixtures: a real PostgreSQL database per test, the fake OpenAI server, isolation,
+and ``make_job``: a test's artists, input CSV and database with the CLI to run on them.
 
 Every test runs in its own temporary directory with an environment scrubbed of the user's
 settings: the API key is a dummy, OPENAI_BASE_URL points at a closed local port unless a test
@@ -10,30 +11,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import psycopg
 import pytest
 
-from .fake_openai import FakeOpenAI
-from .helpers import TEST_API_KEY, TestDatabase
-
-ROOT = Path(__file__).resolve().parent.parent
-
-# The user's table as documented in the README (and LEGACY.md), plus the test-mode twin.
-USER_TABLES = """
-CREATE TABLE artists (
-    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-    name TEXT NOT NULL,
-    bio TEXT,
-    created_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
-    updated_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP
-);
-CREATE TABLE test_artists (LIKE artists INCLUDING ALL);
-"""
+from .support.cli import ROOT, TEST_API_KEY, Job, MakeJob
+from .support.data import make_artists, write_csv
+from .support.database import TemplateDatabases, TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 _SCRUBBED_PREFIXES = (
     "OPENAI_",
@@ -62,34 +48,18 @@ def pg_admin_url() -> str:
     return result.stdout.strip()
 
 
-def _url_for(admin_url: str, dbname: str) -> str:
-    """The admin URL pointed at another database."""
-    return urlsplit(admin_url)._replace(path="/" + dbname).geturl()
-
-
 @pytest.fixture(scope="session")
-def pg_template(pg_admin_url: str) -> Iterator[str]:
+def pg_template(pg_admin_url: str) -> Iterator[TemplateDatabases]:
     """A template database holding the user's tables; each test copies it."""
-    name = f"abg_tpl_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    with psycopg.connect(_url_for(pg_admin_url, name), autocommit=True) as conn:
-        conn.execute(USER_TABLES)
-    yield name
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with TemplateDatabases(pg_admin_url, prefix="abg_t") as databases:
+        yield databases
 
 
 @pytest.fixture
-def database(pg_admin_url: str, pg_template: str) -> Iterator[TestDatabase]:
+def database(pg_template: TemplateDatabases) -> Iterator[TestDatabase]:
     """A fresh database of its own for one test (copied from the template)."""
-    name = f"abg_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    db = TestDatabase(_url_for(pg_admin_url, name))
-    yield db
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with pg_template.fresh() as url:
+        yield TestDatabase(url)
 
 
 @pytest.fixture(scope="session")
@@ -118,3 +88,36 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Port 9 (discard) on loopback: a request that escapes the fake fails fast and locally.
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def make_job(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake_openai: FakeOpenAI,
+) -> MakeJob:
+    """Builds a ``Job`` in the test directory: ``count`` artists (``make_artists(count,
+    seed)``) written to ``artists.csv``; with ``database`` (the default) the test's database
+    is DATABASE_URL and holds the first ``seeded`` artists (all by default) in ``table``,
+    with ``bio``. The fake OpenAI server is always configured."""
+
+    def make(
+        count: int = 0,
+        *,
+        seed: int = 1,
+        database: bool = True,
+        table: str = "artists",
+        bio: str | None = None,
+        seeded: int | None = None,
+    ) -> Job:
+        artists = make_artists(count, seed=seed)
+        db: TestDatabase | None = None
+        if database:
+            db = request.getfixturevalue("database")
+            db.seed(artists[:seeded], table=table, bio=bio)
+            monkeypatch.setenv("DATABASE_URL", db.url)
+        csv_path = write_csv(tmp_path / "artists.csv", artists)
+        return Job(tmp_path, artists, csv_path, db, fake_openai)
+
+    return make

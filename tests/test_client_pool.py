@@ -19,7 +19,7 @@ from artist_bio_gen.api.client import (
 from artist_bio_gen.api.request import PromptSettings
 from artist_bio_gen.models import ArtistData
 
-from .fake_openai import FakeOpenAI, bio_for
+from .support.fake_openai import FakeOpenAI, bio_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -36,19 +36,11 @@ import pytest
 from artist_bio_gen import exit_codes
 from artist_bio_gen.models import ArtistData
 
-from .fake_openai import FakeOpenAI, bio_for
-from .helpers import (
-    ROOT,
-    TestDatabase,
-    assert_legacy_record,
-    assert_mirror,
-    cli_env,
-    make_artists,
-    read_jsonl,
-    run_cli,
-    start_cli,
-    write_csv,
-)
+from .support.checks import assert_legacy_record, assert_mirror, read_jsonl
+from .support.cli import ROOT, CliResult, cli_env, run_process, start_process
+from .support.data import make_artists, write_csv
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI, bio_for
 
 SHIM_DIR = Path(__file__).resolve().parent / "faultshim"
 PROMPT_ID = "pmpt_crash"
@@ -105,7 +97,7 @@ class Child:
 
     @classmethod
     def start(cls, args: list[str], env: dict[str, str]) -> Child:
-        child = cls(start_cli(args, env=env))
+        child = cls(start_process(args, env=env))
         child._reader = threading.Thread(target=child._drain, daemon=True)
         child._reader.start()
         return child
@@ -133,10 +125,10 @@ class Child:
         return self.proc.returncode, self._output[1]
 
 
-def run_to_completion(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_to_completion(args: list[str], env: dict[str, str]) -> CliResult:
     """Run the CLI and require exit 0 (with its stderr in the failure message)."""
-    result = run_cli(args, env=env, timeout=240)
-    assert result.returncode == exit_codes.EXIT_SUCCESS, result.stderr
+    result = run_process(args, env=env, timeout=240)
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
     return result
 
 
@@ -216,8 +208,8 @@ def assert_job_complete(
 
 def assert_verify_consistent(out: Path, db: TestDatabase) -> None:
     """``artist-bio-gen verify`` agrees that the file mirrors the ledger."""
-    result = run_cli(["verify", "--output", str(out)], env=db_env(db))
-    assert result.returncode == exit_codes.EXIT_SUCCESS, result.stdout + result.stderr
+    result = run_process(["verify", "--output", str(out)], env=db_env(db))
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stdout + result.stderr
 
 
 # -- 1. random kills ----------------------------------------------------------------------------
@@ -361,10 +353,10 @@ def run_with_fault(
     csv_path = write_csv(tmp_path / "artists.csv", artists)
     out = tmp_path / "out.jsonl"
     report_path = tmp_path / "fault.json"
-    result = run_cli(
+    result = run_process(
         job_args(csv_path, out, workers), env=shim_env(db, fault, report_path), timeout=120
     )
-    assert result.returncode == SIGKILLED, f"the fault {fault} did not fire:\n{result.stderr}"
+    assert result.code == SIGKILLED, f"the fault {fault} did not fire:\n{result.stderr}"
     report = json.loads(report_path.read_text(encoding="utf-8"))
     assert report["artist_id"] in {a.artist_id for a in artists}
     return FaultRun(artists, csv_path, out, report)
@@ -437,12 +429,12 @@ def test_kill_while_repairing_then_resume(
     finishes. The victim is still paid for once and the file mirrors the database.
     """
     run = run_with_fault(tmp_path, database, f"after_commit:{FAULT_AT}", workers=1)
-    repair = run_cli(
+    repair = run_process(
         job_args(run.csv_path, run.out, 1),
         env=shim_env(database, "mid_write:1", tmp_path / "repair.json"),
         timeout=120,
     )
-    assert repair.returncode == SIGKILLED, repair.stderr
+    assert repair.code == SIGKILLED, repair.stderr
     torn = json.loads((tmp_path / "repair.json").read_text(encoding="utf-8"))
     assert torn["artist_id"] == run.report["artist_id"], "the first write must be the repair"
     assert not run.out.read_bytes().endswith(b"\n")

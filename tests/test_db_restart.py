@@ -24,8 +24,9 @@ import pytest
 
 from artist_bio_gen import exit_codes
 
-from .fake_openai import FakeOpenAI
-from .helpers import TestDatabase, make_artists, write_csv
+from .support.data import make_artists, write_csv
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 from .test_crash_safety import (
     Child,
     assert_job_complete,

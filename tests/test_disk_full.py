@@ -1,14 +1,19 @@
-"""A run whose JSONL cannot grow (full disk) stops cleanly, and the next run repairs the mirror."""
+"""A run whose JSONL cannot grow (full disk) stops cleanly, and the next run repairs the mirror.
+
+The full disk is an RLIMIT_FSIZE set in the child before it starts, so the stopped run is a
+real process; the resume that repairs the mirror runs in-process.
+"""
 
 from __future__ import annotations
 
 import resource
-from pathlib import Path
 
 from artist_bio_gen import exit_codes
 
-from .fake_openai import FakeOpenAI
-from .helpers import TestDatabase, assert_mirror, cli_env, make_artists, read_jsonl, write_csv
+from .support.checks import assert_mirror, read_jsonl
+from .support.cli import MakeJob
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 
 def _limit_file_size(limit: int):
@@ -21,32 +26,20 @@ def _limit_file_size(limit: int):
 
 
 def test_full_disk_stops_the_run_and_resume_completes_it(
-    tmp_path: Path, database: TestDatabase, fake_openai: FakeOpenAI
+    make_job: MakeJob, database: TestDatabase, fake_openai: FakeOpenAI
 ) -> None:
-    import subprocess
-    import sys
-
-    artists = make_artists(120, seed=40)
-    database.seed(artists)
-    csv_path = write_csv(tmp_path / "a.csv", artists)
-    args = ["--input", str(csv_path), "--prompt-id", "p", "--max-workers", "4"]
-    env = cli_env(DATABASE_URL=database.url)
+    job = make_job(120, seed=40)
+    artists = job.artists
+    args = job.input_args("--prompt-id", "p", "--max-workers", "4")
     limit = 30_000  # the input CSV is read, not written, so only our outputs hit the limit
 
-    result = subprocess.run(
-        [sys.executable, "-m", "artist_bio_gen", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=_limit_file_size(limit),
-    )
+    result = job.run_process(*args, timeout=120, preexec_fn=_limit_file_size(limit))
 
-    assert result.returncode == exit_codes.EXIT_RUN_ABORTED, result.stderr
+    assert result.code == exit_codes.EXIT_RUN_ABORTED, result.stderr
     assert "Could not append to" in result.stderr
     assert "restored to its last complete line" in result.stderr
     assert "Traceback" not in result.stderr
-    out = tmp_path / "out.jsonl"
+    out = job.out
     lines = read_jsonl(out)  # ends in a complete line, every line parses
     assert 0 < len(lines) < len(artists)
     assert out.stat().st_size <= limit
@@ -55,14 +48,8 @@ def test_full_disk_stops_the_run_and_resume_completes_it(
     assert ledger_before > len(lines)
 
     calls_before = fake_openai.total_requests
-    resumed = subprocess.run(
-        [sys.executable, "-m", "artist_bio_gen", "--resume"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = job.run("--resume")
+    assert resumed.code == 0, resumed.stderr
     records = assert_mirror(out, database)
     assert len(records) == len(artists)
     # Rows committed before the stop come back from the database: only artists that were

@@ -1,4 +1,4 @@
-"""Tests for tests/fake_openai.py, driven through the real `openai` SDK.
+"""Tests for tests/support/fake_openai.py, driven through the real `openai` SDK.
 
 Besides checking the fake, these pin down how the installed SDK reacts to each fault, which is
 what the application's error handling is written against.
@@ -22,9 +22,9 @@ import pytest
 from openai.types.responses import Response
 
 try:  # tests/ imported as a package
-    from tests.fake_openai import CITATIONS_SUFFIX, FakeOpenAI, artist_name_from, bio_for
+    from tests.support.fake_openai import CITATIONS_SUFFIX, FakeOpenAI, artist_name_from, bio_for
 except ModuleNotFoundError:  # pytest put tests/ itself on sys.path (no tests/__init__.py)
-    from fake_openai import CITATIONS_SUFFIX, FakeOpenAI, artist_name_from, bio_for
+    from support.fake_openai import CITATIONS_SUFFIX, FakeOpenAI, artist_name_from, bio_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -2,11 +2,15 @@
 
 The fake OpenAI server keeps requests in flight on purpose (``hold()`` or a ``hang`` rule with
 a delay), so a test knows exactly how many artists are in flight when it signals the run.
+The run that is locked out, signalled or killed is a real process (a signal or SIGKILL must
+hit a process of its own, and a run whose grace period expires ends with ``os._exit``); the
+runs that only check or finish the job afterwards run in-process.
 """
 
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,29 +20,22 @@ import pytest
 
 from artist_bio_gen import exit_codes
 
-from .fake_openai import FakeOpenAI
-from .helpers import (
-    TestDatabase,
-    assert_mirror,
-    cli_env,
-    make_artists,
-    read_jsonl,
-    run_cli,
-    start_cli,
-    write_csv,
-)
+from .support.checks import assert_mirror, read_jsonl
+from .support.cli import Job, MakeJob
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 WORKERS = 4
 # The canary (first artist, alone) plus one request per worker.
 IN_FLIGHT_AFTER_CANARY = 1 + WORKERS
-ARTISTS = make_artists(40, seed=301)
+ARTISTS = 40
 
 
 class _Run:
     """A CLI run in the background whose stderr is collected line by line as it comes."""
 
-    def __init__(self, args: list[str], env: dict[str, str]):
-        self.proc = start_cli(args, env=env)
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
         self._lines: list[str] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -87,15 +84,16 @@ class _Run:
 
 
 @pytest.fixture
-def job(
-    tmp_path: Path, database: TestDatabase, fake_openai: FakeOpenAI
-) -> tuple[list[str], dict[str, str]]:
-    """Arguments and environment (the fake's URL included) of a 40-artist job writing
-    out.jsonl in the test directory."""
-    database.seed(ARTISTS)
-    csv_path = write_csv(tmp_path / "artists.csv", ARTISTS)
-    args = ["--input", str(csv_path), "--prompt-id", "pmpt_sig", "--max-workers", str(WORKERS)]
-    return args, cli_env(DATABASE_URL=database.url)
+def job(make_job: MakeJob) -> Job:
+    """A 40-artist job writing out.jsonl in the test directory (the fake's URL and the
+    database in the environment)."""
+    return make_job(ARTISTS, seed=301)
+
+
+def _start(job: Job, *extra: str) -> _Run:
+    """The job's run as a process in the background."""
+    args = job.input_args("--prompt-id", "pmpt_sig", "--max-workers", str(WORKERS), *extra)
+    return _Run(job.start_process(*args))
 
 
 @pytest.fixture
@@ -118,42 +116,41 @@ def _hang_after_canary(fake: FakeOpenAI, seconds: float) -> None:
     fake.add_rule("hang", delay=seconds)
 
 
-def test_a_second_run_is_refused_at_once(
-    job: tuple[list[str], dict[str, str]], released: FakeOpenAI
-) -> None:
+# The second run is in-process: were it not refused, it would wait at the fake's closed gate;
+# the timeout turns that into a failure within a minute.
+@pytest.mark.timeout(60)
+def test_a_second_run_is_refused_at_once(job: Job, released: FakeOpenAI) -> None:
     """While a run holds the job, a second run on the same output (cron overlap) exits 75 in
     well under a second, naming the first run's pid, without touching the job."""
-    args, env = job
     released.hold()
-    first = _Run(args, env)
+    first = _start(job)
     try:
         assert released.wait_for_requests(1, timeout=30), first.stderr
         started = time.monotonic()
-        second = run_cli(["--resume"], env=env, timeout=30)
+        second = job.run("--resume")  # in-process: the refusal alone is timed
         elapsed = time.monotonic() - started
     finally:
         released.release()
     code, _ = first.finish(timeout=120)
 
-    assert second.returncode == exit_codes.EXIT_LOCKED, second.stderr
+    assert second.code == exit_codes.EXIT_LOCKED, second.stderr
     assert f"pid {first.pid}" in second.stderr, second.stderr
-    assert elapsed < 1.0, f"the refused run took {elapsed:.2f} s (interpreter start included)"
+    assert elapsed < 1.0, f"the refused run took {elapsed:.2f} s"
     assert code == exit_codes.EXIT_SUCCESS
-    assert released.total_requests == len(ARTISTS)
+    assert released.total_requests == len(job.artists)
 
 
 def test_a_killed_run_does_not_block_the_next(
     tmp_path: Path,
-    job: tuple[list[str], dict[str, str]],
+    job: Job,
     database: TestDatabase,
     released: FakeOpenAI,
 ) -> None:
     """After the run holding the lock is SIGKILLed, the next run proceeds: the OS dropped the
     lock, and the lock file itself is still there (it is never deleted)."""
-    args, env = job
     lock_file = tmp_path / "out.run.lock"
     released.hold()
-    first = _Run(args, env)
+    first = _start(job)
     try:
         assert released.wait_for_requests(1, timeout=30), first.stderr
         first.kill()
@@ -161,17 +158,17 @@ def test_a_killed_run_does_not_block_the_next(
         released.release()
     assert lock_file.exists()
 
-    result = run_cli(["--resume"], env=env)
+    result = job.run("--resume")
 
-    assert result.returncode == exit_codes.EXIT_SUCCESS, result.stderr
-    assert len(assert_mirror(tmp_path / "out.jsonl", database)) == len(ARTISTS)
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
+    assert len(assert_mirror(tmp_path / "out.jsonl", database)) == len(job.artists)
     assert lock_file.exists()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_submitting_and_lets_in_flight_artists_finish(
     tmp_path: Path,
-    job: tuple[list[str], dict[str, str]],
+    job: Job,
     database: TestDatabase,
     fake_openai: FakeOpenAI,
     signum: int,
@@ -179,9 +176,8 @@ def test_a_signal_stops_submitting_and_lets_in_flight_artists_finish(
     """SIGTERM/SIGINT with 4 artists in flight: those 4 finish and are committed and appended,
     no new request goes out, the summary is printed and the exit code is 130. A resume then
     finishes the job without paying twice for anyone."""
-    args, env = job
     _hang_after_canary(fake_openai, seconds=2.0)
-    run = _Run([*args, "--request-timeout", "30"], env)
+    run = _start(job, "--request-timeout", "30")
     try:
         assert fake_openai.wait_for_requests(IN_FLIGHT_AFTER_CANARY, timeout=30), run.stderr
         run.signal(signum)
@@ -197,29 +193,28 @@ def test_a_signal_stops_submitting_and_lets_in_flight_artists_finish(
     assert len(assert_mirror(tmp_path / "out.jsonl", database)) == IN_FLIGHT_AFTER_CANARY
 
     fake_openai.clear_rules()
-    resumed = run_cli(["--resume"], env=env)
-    assert resumed.returncode == exit_codes.EXIT_SUCCESS, resumed.stderr
-    assert len(assert_mirror(tmp_path / "out.jsonl", database)) == len(ARTISTS)
-    assert fake_openai.total_requests == len(ARTISTS)
+    resumed = job.run("--resume")
+    assert resumed.code == exit_codes.EXIT_SUCCESS, resumed.stderr
+    assert len(assert_mirror(tmp_path / "out.jsonl", database)) == len(job.artists)
+    assert fake_openai.total_requests == len(job.artists)
 
 
 def test_a_second_signal_exits_at_once(
     tmp_path: Path,
-    job: tuple[list[str], dict[str, str]],
+    job: Job,
     database: TestDatabase,
     fake_openai: FakeOpenAI,
 ) -> None:
     """A second SIGTERM while in-flight artists are still finishing (and appending) during
     the grace period exits at once with 130. The JSONL ends in a whole line and holds only
     committed bios; the next ``--resume`` restores the exact mirror."""
-    args, env = job
     workers = 16
     # Staggered answers: during the grace period lines keep being appended, so the second
     # signal lands while workers are committing and writing.
     fake_openai.add_rule("ok", times=1)
-    for index, artist in enumerate(ARTISTS):
+    for index, artist in enumerate(job.artists):
         fake_openai.add_rule("hang", name=artist.name, delay=0.2 + 0.1 * index)
-    run = _Run([*args, "--max-workers", str(workers), "--request-timeout", "60"], env)
+    run = _start(job, "--max-workers", str(workers), "--request-timeout", "60")
     try:
         assert fake_openai.wait_for_requests(1 + workers, timeout=30), run.stderr
         run.signal(signal.SIGTERM)
@@ -242,22 +237,21 @@ def test_a_second_signal_exits_at_once(
     assert {r["artist_id"] for r in records} <= ledger, "a line only after its commit"
 
     fake_openai.clear_rules()
-    resumed = run_cli(["--resume"], env=env)
-    assert resumed.returncode == exit_codes.EXIT_SUCCESS, resumed.stderr
-    assert len(assert_mirror(out, database)) == len(ARTISTS)
+    resumed = job.run("--resume")
+    assert resumed.code == exit_codes.EXIT_SUCCESS, resumed.stderr
+    assert len(assert_mirror(out, database)) == len(job.artists)
 
 
 def test_shutdown_grace_bounds_the_wait_for_a_hung_request(
     tmp_path: Path,
-    job: tuple[list[str], dict[str, str]],
+    job: Job,
     database: TestDatabase,
     fake_openai: FakeOpenAI,
 ) -> None:
     """With ``--shutdown-grace 1`` and requests that never answer, SIGTERM ends the run with
     130 within a few seconds (not after the request timeout), summary printed."""
-    args, env = job
     _hang_after_canary(fake_openai, seconds=3600.0)
-    run = _Run([*args, "--request-timeout", "300", "--shutdown-grace", "1"], env)
+    run = _start(job, "--request-timeout", "300", "--shutdown-grace", "1")
     try:
         assert fake_openai.wait_for_requests(IN_FLIGHT_AFTER_CANARY, timeout=30), run.stderr
         signalled = time.monotonic()

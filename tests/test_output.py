@@ -22,7 +22,7 @@ from artist_bio_gen.core.output import (
 from artist_bio_gen.errors import OutputWriteError
 from artist_bio_gen.models import ApiResponse
 
-from .helpers import read_jsonl
+from .support.checks import read_jsonl
 
 
 def _response(index: int, data: str | None = None, text: str | None = None) -> ApiResponse:

@@ -50,8 +50,11 @@ from artist_bio_gen.failure_codes import counts_towards_cap, stops_run
 from artist_bio_gen.models import ArtistData, DatabaseConfig, JobRef, Outcome
 from artist_bio_gen.utils.logging import TransactionLog
 
-from .fake_openai import FakeOpenAI
-from .helpers import TEST_API_KEY, TestDatabase, assert_mirror, make_artists, read_jsonl
+from .support.checks import assert_mirror, read_jsonl
+from .support.cli import TEST_API_KEY
+from .support.data import make_artists
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 PROMPT = PromptSettings(prompt_id="pmpt_inproc")
 #: Every request ends by itself within this, so no worker can outlive its test for long.

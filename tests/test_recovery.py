@@ -16,7 +16,9 @@ from artist_bio_gen.database.store import BioStore
 from artist_bio_gen.jobfiles import Checkpoint, JobSettings, Manifest
 from artist_bio_gen.models import ArtistData, DatabaseConfig, GeneratedBio, JobRef
 
-from .helpers import TestDatabase, make_artists, read_jsonl
+from .support.checks import read_jsonl
+from .support.data import make_artists
+from .support.database import TestDatabase
 
 
 @pytest.fixture

@@ -24,8 +24,11 @@ from artist_bio_gen.errors import LockedError, QuotaExhaustedError, UsageError
 from artist_bio_gen.jobfiles import JobPaths, read_manifest
 from artist_bio_gen.models import ArtistData, Outcome
 
-from .fake_openai import FakeOpenAI
-from .helpers import TEST_API_KEY, TestDatabase, assert_mirror, make_artists, read_jsonl, write_csv
+from .support.checks import assert_mirror, read_jsonl
+from .support.cli import TEST_API_KEY
+from .support.data import make_artists, write_csv
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 #: Generous bound for anything that should take a fraction of a second (2 shared cores).
 PATIENCE = 30.0

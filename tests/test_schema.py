@@ -33,8 +33,10 @@ from artist_bio_gen.errors import ConfigError
 from artist_bio_gen.models import ArtistData, DatabaseConfig, GeneratedBio, JobRef, TokenUsage
 
 from .conftest import ROOT
-from .fake_openai import FakeOpenAI
-from .helpers import TestDatabase, cli_env, make_artists, run_cli, write_csv
+from .support.cli import run_in_process
+from .support.data import make_artists, write_csv
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 # What versions before the migration registry ran (frozen here on purpose: it is what users'
 # databases already hold, whatever schema.py says today).
@@ -199,10 +201,10 @@ def test_a_newer_database_stops_the_cli_before_any_request(
         pool.close()
     database.execute(f"INSERT INTO {VERSION_TABLE} (name) VALUES ('m099_from_the_future')")
     csv_file = write_csv(tmp_path / "artists.csv", make_artists(2, seed=80))
-    result = run_cli(
-        ["--input", str(csv_file), "--prompt-id", "p"], env=cli_env(DATABASE_URL=database.url)
+    result = run_in_process(
+        ["--input", str(csv_file), "--prompt-id", "p"], env={"DATABASE_URL": database.url}
     )
-    assert result.returncode == exit_codes.EXIT_CONFIG_ERROR, result.stderr
+    assert result.code == exit_codes.EXIT_CONFIG_ERROR, result.stderr
     assert "Traceback" not in result.stderr
     assert "newer artist-bio-gen" in result.stderr and "upgrade artist-bio-gen" in result.stderr
     assert fake_openai.total_requests == 0

@@ -14,7 +14,8 @@ from artist_bio_gen.database.schema import ensure_ledger, inspect_target_table
 from artist_bio_gen.database.store import BioStore
 from artist_bio_gen.models import ArtistData, DatabaseConfig, GeneratedBio, JobRef, TokenUsage
 
-from .helpers import TestDatabase, make_artists
+from .support.data import make_artists
+from .support.database import TestDatabase
 
 JOB = str(uuid.uuid4())
 

@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Self
 from urllib.parse import urlsplit
 
 import psycopg
@@ -80,7 +81,7 @@ class TemplateDatabases:
         """Drop the template."""
         self._admin(f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)')
 
-    def __enter__(self) -> TemplateDatabases:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from .support.cli import ROOT, TEST_API_KEY, Job, MakeJob
 from .support.data import make_artists, write_csv
-from .support.database import TemplateDatabases, TestDatabase
+from .support.database import ReadyDatabases, TemplateDatabases, TestDatabase
 from .support.fake_openai import FakeOpenAI
 
 _SCRUBBED_PREFIXES = (
@@ -55,11 +55,21 @@ def pg_template(pg_admin_url: str) -> Iterator[TemplateDatabases]:
         yield databases
 
 
+@pytest.fixture(scope="session")
+def ready_databases(pg_template: TemplateDatabases) -> Iterator[ReadyDatabases]:
+    """Copies of the template made (and dropped) in the background, between tests."""
+    with ReadyDatabases(pg_template) as ready:
+        yield ready
+
+
 @pytest.fixture
-def database(pg_template: TemplateDatabases) -> Iterator[TestDatabase]:
+def database(ready_databases: ReadyDatabases) -> Iterator[TestDatabase]:
     """A fresh database of its own for one test (copied from the template)."""
-    with pg_template.fresh() as url:
+    url = ready_databases.take()
+    try:
         yield TestDatabase(url)
+    finally:
+        ready_databases.discard(url)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import pytest
 from artist_bio_gen import exit_codes
 
 from .support.data import make_artists, write_csv
-from .support.database import TestDatabase
+from .support.database import ReadyDatabases, TestDatabase
 from .support.fake_openai import FakeOpenAI
 from .test_crash_safety import (
     Child,
@@ -105,18 +105,20 @@ def postmaster_started(url: str) -> object:
 
 
 @pytest.fixture
-def cluster(pg_admin_url: str) -> Iterator[Cluster]:
-    """The local cluster; guaranteed to be up again after the test, pass or fail."""
+def cluster(pg_admin_url: str, ready_databases: ReadyDatabases) -> Iterator[Cluster]:
+    """The local cluster; guaranteed to be up again after the test, pass or fail. The
+    suite's background database copies wait meanwhile."""
     found = find_cluster(pg_admin_url)
-    yield found
-    if wait_until_up(pg_admin_url, 10):
-        return
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", found.version, found.name, "start"],
-        capture_output=True,
-        timeout=120,
-    )
-    assert wait_until_up(pg_admin_url, 60), "PostgreSQL did not come back after the test"
+    with ready_databases.paused():
+        yield found
+        if wait_until_up(pg_admin_url, 10):
+            return
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", found.version, found.name, "start"],
+            capture_output=True,
+            timeout=120,
+        )
+        assert wait_until_up(pg_admin_url, 60), "PostgreSQL did not come back after the test"
 
 
 def interrupt_database(cluster: Cluster, how: str, url: str) -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Self
@@ -80,6 +83,114 @@ class TemplateDatabases:
     def close(self) -> None:
         """Drop the template."""
         self._admin(f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)')
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ReadyDatabases:
+    """Copies of the template made ahead of time, and dropped, in a background thread.
+
+    CREATE DATABASE copies and syncs the template's files (about 0.3 s on a small machine),
+    which a suite of a few hundred database tests would otherwise wait for one test at a
+    time. Here the next copies are made while the current test runs, and finished ones are
+    dropped behind its back. A copy the background could not make in time (or at all, e.g.
+    while a test restarts the server) is made on demand, so a test never waits on a failure.
+    Every test still gets a database nobody used before.
+    """
+
+    def __init__(self, templates: TemplateDatabases, ahead: int = 2) -> None:
+        """Keep ``ahead`` copies of ``templates``' template ready."""
+        self._templates = templates
+        self._ahead = ahead
+        self._ready: deque[str] = deque()
+        self._to_drop: deque[str] = deque()
+        self._cv = threading.Condition()
+        self._paused = 0
+        self._busy = False
+        self._closed = False
+        self._worker = threading.Thread(target=self._work, name="ready-databases", daemon=True)
+        self._worker.start()
+
+    def take(self) -> str:
+        """The URL of a fresh copy (ready, or made now)."""
+        with self._cv:
+            if self._ready:
+                url = self._ready.popleft()
+                self._cv.notify_all()
+                return url
+        return self._templates.create()
+
+    def discard(self, url: str) -> None:
+        """Drop the copy of ``url`` in the background (its test is over)."""
+        with self._cv:
+            self._to_drop.append(url)
+            self._cv.notify_all()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No background work meanwhile (e.g. while a test restarts the server)."""
+        with self._cv:
+            self._paused += 1
+            self._cv.wait_for(lambda: not self._busy)
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._paused -= 1
+                self._cv.notify_all()
+
+    def _next_task(self) -> tuple[str, str] | None:
+        """("drop", url) or ("create", ""), waiting for one; None once closed."""
+        with self._cv:
+            self._cv.wait_for(
+                lambda: (
+                    self._closed
+                    or (not self._paused and (self._to_drop or len(self._ready) < self._ahead))
+                )
+            )
+            if self._closed:
+                return None
+            self._busy = True
+            if self._to_drop:
+                return "drop", self._to_drop.popleft()
+            return "create", ""
+
+    def _work(self) -> None:
+        while (task := self._next_task()) is not None:
+            kind, url = task
+            try:
+                if kind == "drop":
+                    self._templates.drop(url)
+                else:
+                    url = self._templates.create()
+            except psycopg.Error:
+                failed = True  # the server is away; try again a little later
+            else:
+                failed = False
+            with self._cv:
+                self._busy = False
+                if failed and kind == "drop":
+                    self._to_drop.append(url)
+                elif not failed and kind == "create":
+                    self._ready.append(url)
+                self._cv.notify_all()
+            if failed:
+                time.sleep(0.5)
+
+    def close(self) -> None:
+        """Stop the background work and drop every copy still around."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._worker.join()
+        for url in [*self._ready, *self._to_drop]:
+            self._templates.drop(url)
+        self._ready.clear()
+        self._to_drop.clear()
 
     def __enter__(self) -> Self:
         return self

@@ -163,8 +163,9 @@ OutcomeStatus = Literal["committed", "skipped", "failed", "not_started"]
 class Outcome:
     """What one worker did with one artist; the tally, exit code and retries derive from it.
 
-    ``code`` is a stable machine-readable reason for failures (``api_bad_request``,
-    ``empty_response`` ...), ``reason`` the human message.
+    ``code`` is a stable machine-readable reason: for a failure one of
+    ``failure_codes.FAILURE_CODES`` (``bad_request``, ``empty_response`` ...), for a skip
+    ``no_row`` or ``has_bio``; ``reason`` is the human message.
     """
 
     artist_id: str

@@ -4,7 +4,8 @@ and mirrored, line by committed line, into a crash-safe JSONL file.
 The names below are the legacy public API; existing scripts import them from here.
 """
 
-from .api.client import call_openai_api, create_openai_client
+from .api.call import call_openai_api
+from .api.client import create_openai_client
 from .cli.main import create_argument_parser, main
 from .core.legacy import (
     append_jsonl_response,

@@ -33,7 +33,7 @@ from typing import Any, TypeVar, cast
 
 from dotenv import dotenv_values
 
-from .api.request import DEFAULT_INSTRUCTIONS, PromptSettings
+from .api.request import DEFAULT_INSTRUCTIONS, SERVICE_TIERS, PromptSettings, ServiceTier
 from .database.connection import describe_database, require_database_url
 from .errors import ConfigError, UsageError
 from .jobfiles import JobPaths, JobSettings, Manifest, read_manifest
@@ -51,13 +51,34 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class QuotaSettings:
-    """The legacy quota flags (validated; see README for what they do)."""
+    """Pacing to the account's rate limits: the legacy quota flags and the client caps."""
 
+    #: Learn the account's limits from the ``x-ratelimit-*`` headers (``--quota-monitoring``).
     monitoring: bool = True
+    #: Use at most this fraction of a learned limit's bucket (``--quota-threshold``).
     threshold: float = 0.8
-    daily_limit: int | None = None
+    #: A rate-limit wait longer than this ends the run as resumable (``--pause-duration``).
     pause_hours: float = 24.0
+    #: Log the limiter's view every N requests (``--quota-log-interval``).
     log_interval: int = 100
+    #: Client caps, requests and tokens per minute (``--rpm``, ``--tpm``).
+    rpm: float | None = None
+    tpm: float | None = None
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """Hard limits: the run stops submitting before it would pass one of them."""
+
+    #: API requests per UTC day for the job, shared by all its runs (``--daily-limit``).
+    daily_limit: int | None = None
+    #: USD this run may spend (``--max-cost``).
+    max_cost: float | None = None
+    #: Artists this run may send to the API (``--limit``).
+    limit: int | None = None
+    #: USD per million input and output tokens, instead of the built-in price table.
+    price_input: float | None = None
+    price_output: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +105,9 @@ class Config:
     dry_run: bool = False
     verbose: bool = False
     quota: QuotaSettings = QuotaSettings()
+    budget: BudgetSettings = BudgetSettings()
+    #: ``service_tier`` sent with every request (None: not sent, the account's default).
+    service_tier: ServiceTier | None = None
     #: The id of the recorded job this configuration continues (``--resume`` of a job with
     #: a manifest), else None. The run checks it still is the job beside the output.
     resumed_job: str | None = None
@@ -269,6 +293,8 @@ def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         dry_run=layers.flag("dry_run"),
         verbose=layers.flag("verbose"),
         quota=_quota(layers),
+        budget=_budget(layers),
+        service_tier=_service_tier(layers),
         resumed_job=recorded.job_id if recorded else None,
     )
     _check_runnable(config)
@@ -441,7 +467,6 @@ def _table(layers: _Layers) -> str:
 
 
 def _quota(layers: _Layers) -> QuotaSettings:
-    daily_limit = layers.get_optional("daily_limit", "DAILY_REQUEST_LIMIT", int)
     return QuotaSettings(
         monitoring=layers.get("quota_monitoring", "QUOTA_MONITORING", True, parse_bool),
         threshold=_in_range(
@@ -450,13 +475,14 @@ def _quota(layers: _Layers) -> QuotaSettings:
             0.1,
             1.0,
         ),
-        daily_limit=None
-        if daily_limit is None
-        else _in_range("--daily-limit", daily_limit, 1, 10**9),
+        # Hours, fractions accepted (0.5 is half an hour), as the legacy flag; at most 72.
         pause_hours=_in_range(
             "--pause-duration",
-            layers.get("pause_duration", "PAUSE_DURATION_HOURS", 24.0, float),
-            1.0,
+            _positive(
+                "--pause-duration",
+                layers.get("pause_duration", "PAUSE_DURATION_HOURS", 24.0, float),
+            ),
+            0.0,
             72.0,
         ),
         log_interval=_in_range(
@@ -465,6 +491,48 @@ def _quota(layers: _Layers) -> QuotaSettings:
             1,
             1_000_000,
         ),
+        rpm=_optional_positive("--rpm", layers.get_optional("rpm", "OPENAI_RPM", float)),
+        tpm=_optional_positive("--tpm", layers.get_optional("tpm", "OPENAI_TPM", float)),
+    )
+
+
+def _budget(layers: _Layers) -> BudgetSettings:
+    daily_limit = layers.get_optional("daily_limit", "DAILY_REQUEST_LIMIT", int)
+    limit = layers.get_optional("limit", None, int)
+    price_input = layers.get_optional("price_input", "OPENAI_PRICE_INPUT", float)
+    price_output = layers.get_optional("price_output", "OPENAI_PRICE_OUTPUT", float)
+    if (price_input is None) != (price_output is None):
+        raise UsageError(
+            "--price-input and --price-output go together (USD per million input and output "
+            "tokens); give both, or neither to use the built-in price table."
+        )
+    return BudgetSettings(
+        daily_limit=None
+        if daily_limit is None
+        else _in_range("--daily-limit", daily_limit, 1, 10**9),
+        max_cost=_optional_positive(
+            "--max-cost", layers.get_optional("max_cost", "MAX_COST_USD", float)
+        ),
+        limit=None if limit is None else _in_range("--limit", limit, 1, 10**12),
+        price_input=None
+        if price_input is None
+        else _in_range("--price-input", price_input, 0.0, 1e6),
+        price_output=None
+        if price_output is None
+        else _in_range("--price-output", price_output, 0.0, 1e6),
+    )
+
+
+def _service_tier(layers: _Layers) -> ServiceTier | None:
+    tier = layers.get_optional("service_tier", "OPENAI_SERVICE_TIER", str)
+    if tier is None:
+        return None
+    for known in SERVICE_TIERS:
+        if tier == known:
+            return known
+    raise UsageError(
+        f"--service-tier (or OPENAI_SERVICE_TIER) must be one of {', '.join(SERVICE_TIERS)} "
+        f"(got {tier!r})."
     )
 
 
@@ -485,3 +553,7 @@ def _positive(flag: str, value: float) -> float:
     if value <= 0:
         raise UsageError(f"{flag} must be greater than 0 (got {value}).")
     return value
+
+
+def _optional_positive(flag: str, value: float | None) -> float | None:
+    return None if value is None else _positive(flag, value)

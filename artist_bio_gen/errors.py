@@ -47,6 +47,13 @@ class QuotaExhaustedError(ArtistBioGenError):
     exit_code = exit_codes.EXIT_RUN_ABORTED
 
 
+class LimitReachedError(ArtistBioGenError):
+    """The run stopped at a budget or limit (daily requests, cost, artists, a long rate-limit
+    wait); the job is intact and ``--resume`` continues it."""
+
+    exit_code = exit_codes.EXIT_LIMIT_REACHED
+
+
 class OutOfSyncError(ArtistBioGenError):
     """The JSONL holds lines that the database ledger does not."""
 

@@ -19,6 +19,10 @@ EXIT_API_FAILURES = 4
 EXIT_RUN_ABORTED = 5
 #: The JSONL holds lines the database does not: a human has to look (see ``verify``).
 EXIT_OUT_OF_SYNC = 6
+#: The run stopped at a limit it was given or met: ``--daily-limit`` (today's requests are
+#: spent), ``--max-cost``, ``--limit``, or a rate-limit wait longer than ``--pause-duration``.
+#: Nothing is wrong: ``--resume`` continues (tomorrow, for the daily limit).
+EXIT_LIMIT_REACHED = 7
 EXIT_UNEXPECTED_ERROR = 10
 #: Another run holds this job's lock (EX_TEMPFAIL: try again later).
 EXIT_LOCKED = 75

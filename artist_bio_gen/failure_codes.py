@@ -10,8 +10,12 @@ module that has to know (the API client, the processor, the failures file, the e
 * **counts towards the cap**: recorded in the failures file; ``--resume`` retries the artist
   until it has failed ``--max-attempts`` times, then gives it up (a poison artist must not
   cost money every night);
-* **retried by the SDK**: the OpenAI SDK already retried the request (up to
-  ``--max-retries``, with backoff) before it became a failure.
+* **retried**: the request was retried (up to ``--max-retries``, with a jittered backoff)
+  before it became a failure.
+
+A 429 ``rate_limit_exceeded`` is not in this table for a run: it slows the whole run and the
+request goes again, so it never fails an artist. ``rate_limited`` is only what a bare call
+of the legacy ``call_openai_api`` (no run around it) reports after its retries.
 """
 
 from __future__ import annotations
@@ -36,17 +40,17 @@ class FailureCode:
     stops_run: type[ArtistBioGenError] | None
     #: Recorded in the failures file and counted against ``--max-attempts``.
     counts_towards_cap: bool
-    #: The SDK retried the request before reporting it.
-    retried_by_sdk: bool
+    #: Retried (up to ``--max-retries``, with backoff) before it is reported.
+    retried: bool
 
 
 _TABLE = (
-    # code                  meaning                                   stops run         cap    sdk
+    # code, meaning, stops the run (with), counts towards the cap, retried
     FailureCode("auth", "the API rejected the key (HTTP 401)", ConfigError, False, False),
     FailureCode("forbidden", "the API refused access (HTTP 403)", ConfigError, False, False),
     FailureCode("not_found", "unknown prompt or model (HTTP 404)", ConfigError, False, False),
     FailureCode(
-        "insufficient_quota", "the account has no quota left", QuotaExhaustedError, False, True
+        "insufficient_quota", "the account has no quota left", QuotaExhaustedError, False, False
     ),
     FailureCode(
         "db_unavailable",
@@ -55,7 +59,8 @@ _TABLE = (
         False,
         False,
     ),
-    FailureCode("rate_limited", "HTTP 429 after the SDK's retries", None, True, True),
+    # A 429 is never the artist's fault, so old records of it do not count towards the cap.
+    FailureCode("rate_limited", "HTTP 429 (a call outside a run)", None, False, True),
     FailureCode("timeout", "no answer within --request-timeout", None, True, True),
     FailureCode("connection_error", "the API could not be reached", None, True, True),
     FailureCode("server_error", "HTTP 5xx from the API", None, True, True),

@@ -2,7 +2,8 @@
 
 Everything a job needs to resume lives next to the output, so ``--output X`` alone identifies
 the job. For ``out.jsonl`` the side files are ``out.job.json`` (the manifest),
-``out.failures.jsonl``, ``out.transactions.jsonl``, ``out.jsonl.lock`` and ``out.run.lock``.
+``out.failures.jsonl``, ``out.transactions.jsonl``, ``out.jsonl.lock``, ``out.run.lock`` and,
+for a job without a database and with a daily request limit, ``out.usage.json``.
 
 The manifest records the job id (the key of its ledger rows), the input file and the
 settings that define what a bio of this job is (prompt, model, instructions, database and
@@ -60,6 +61,11 @@ class JobPaths:
     def failures(self) -> Path:
         """One JSON line per failed attempt (machine-readable, never the main JSONL)."""
         return self._side(".failures.jsonl")
+
+    @property
+    def usage(self) -> Path:
+        """Daily request counts of a job without a database (``core/budget.FileUsage``)."""
+        return self._side(".usage.json")
 
     @property
     def transaction_log(self) -> Path:

@@ -108,6 +108,12 @@ class GeneratedBio:
     text: str
     created: int
     tokens: TokenUsage = TokenUsage()
+    #: The model the API answered with (``response.model``, e.g. ``gpt-4.1-mini-2025-04-14``).
+    model: str | None = None
+    #: The service tier the response says it was served at (``default``, ``flex``, ...).
+    service_tier: str | None = None
+    #: What the response cost in USD (``api/pricing.cost_usd``); None when unknown.
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +123,9 @@ class CommittedBio:
     Every JSONL line is rendered from one of these, whether a worker appends it right after
     its commit or recovery appends it later from the database, so both render the same
     bytes. ``db_status`` is ``"updated"``/``"skipped"``, or None when no database is used.
-    ``seq`` is the ledger's commit order (0 without a database).
+    ``seq`` is the ledger's commit order (0 without a database). ``model`` (the model the API
+    answered with: the ledger's ``response_model``, not the job's ``--model``),
+    ``service_tier`` and ``cost_usd`` are accounting only: the JSONL line never shows them.
     """
 
     artist_id: str
@@ -129,6 +137,9 @@ class CommittedBio:
     db_status: str | None
     tokens: TokenUsage = TokenUsage()
     seq: int = 0
+    model: str | None = None
+    service_tier: str | None = None
+    cost_usd: float | None = None
 
     @classmethod
     def without_database(cls, bio: GeneratedBio) -> CommittedBio:
@@ -143,6 +154,9 @@ class CommittedBio:
             bio.created,
             None,
             bio.tokens,
+            model=bio.model,
+            service_tier=bio.service_tier,
+            cost_usd=bio.cost_usd,
         )
 
 
@@ -177,3 +191,7 @@ class Outcome:
     db_status: str | None = None
     tokens: TokenUsage = TokenUsage()
     duration: float = 0.0
+    #: What the bio cost (None: not billed, or the price of the model is unknown).
+    cost_usd: float | None = None
+    #: The model that answered.
+    model: str | None = None

@@ -9,6 +9,7 @@ from .scenarios import (
     CpuResult,
     LoopFigures,
     MemoryResult,
+    RateLimitResult,
     ResumeResult,
     ThroughputResult,
     WindowLoad,
@@ -209,6 +210,38 @@ def memory_details(result: MemoryResult) -> str:
         f"{result.small:,} artists, {_mib(result.large_rss)} for {result.large:,} "
         f"({result.growth:+.1%}); large job sampled RSS {_mib(result.large_rss_half)} at half of "
         f"the commits, {_mib(result.large_rss_last_commit)} at the last commit"
+    )
+
+
+#: The rate-limit target: steady throughput at least this share of the enforced limit.
+RATE_LIMIT_SHARE = 0.9
+
+
+def rate_limit_verdicts(result: RateLimitResult) -> list[Verdict]:
+    """Steady throughput against an enforced limit."""
+    name = f"{result.rpm} RPM enforced, W={result.workers}"
+    share = result.share_of_limit
+    return [
+        Verdict(
+            f"5  throughput at {name}",
+            f"{share:.3f} of the limit ({result.rate_limited_share:.1%} 429s)",
+            f">= {RATE_LIMIT_SHARE:.2f}",
+            share >= RATE_LIMIT_SHARE,
+        )
+    ]
+
+
+def rate_limit_details(result: RateLimitResult) -> str:
+    """Counts, rates and 429s behind the rate-limit verdict."""
+    run = result.run
+    rates, stats = run.rates, run.measured.server_stats
+    return (
+        f"{result.rpm} RPM enforced (1 s window), L={result.latency:g}s W={result.workers}: "
+        f"{result.count:,} artists, limit {result.limit_per_second:.0f}/s, steady "
+        f"{rates.steady:.1f}/s over {rates.steady_window.seconds:.0f} s, overall "
+        f"{rates.overall:.1f}/s; the fake saw {stats.total:,} requests, "
+        f"{stats.rate_limited:,} answered 429"
+        f"{f'; {run.failed} artists failed' if run.failed else ''}"
     )
 
 

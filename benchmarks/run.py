@@ -26,9 +26,16 @@ from pathlib import Path
 from . import report
 from .database import BenchDatabases
 from .fakeserver import FakeServer
-from .scenarios import Bench, cpu_at_zero_latency, memory_flat, resume_start, throughput
+from .scenarios import (
+    Bench,
+    cpu_at_zero_latency,
+    memory_flat,
+    rate_limited_throughput,
+    resume_start,
+    throughput,
+)
 
-SCENARIOS = ("throughput", "cpu", "memory", "resume")
+SCENARIOS = ("throughput", "cpu", "memory", "resume", "ratelimit")
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,9 @@ class Plan:
 FULL = Plan(60, 64, 8_000, 2, 64, 2_000, 50_000, 1_000_000, 1_000, 32, 16)
 QUICK = Plan(20, 64, 3_000, 1, 64, 1_000, 10_000, 200_000, 1_000, 32, 16)
 THROUGHPUT_POINTS = ((0.5, 64), (1.0, 256), (4.0, 1024))
+#: The enforced limit (requests per minute), the stand-in latency and the workers: 32
+#: workers at 0.5 s could do 64 requests per second, three times what the limit allows.
+RATE_LIMIT_POINT = (1200, 0.5, 32)
 
 
 def _log(message: str) -> None:
@@ -112,11 +122,24 @@ def _resume(bench: Bench, plan: Plan) -> tuple[list[report.Verdict], list[str]]:
     return report.resume_verdicts(result), [details]
 
 
+def _ratelimit(bench: Bench, plan: Plan) -> tuple[list[report.Verdict], list[str]]:
+    rpm, latency, workers = RATE_LIMIT_POINT
+    _log(f"enforced limit {rpm} RPM, L={latency:g}s W={workers} ...")
+    with FakeServer(latency) as server:
+        result = rate_limited_throughput(
+            bench, server, rpm, latency, workers, plan.throughput_seconds
+        )
+    details = report.rate_limit_details(result)
+    _log(details)
+    return report.rate_limit_verdicts(result), [details]
+
+
 RUNNERS: dict[str, Callable[[Bench, Plan], tuple[list[report.Verdict], list[str]]]] = {
     "throughput": _throughput,
     "cpu": _cpu,
     "memory": _memory,
     "resume": _resume,
+    "ratelimit": _ratelimit,
 }
 
 

@@ -381,3 +381,44 @@ __all__ = [
     "resume_start",
     "throughput",
 ]
+
+
+# -- rate limits: steady throughput against an enforced limit ------------------------------------
+
+
+@dataclass(frozen=True)
+class RateLimitResult:
+    """The tool against a fake that enforces ``rpm`` requests per minute."""
+
+    rpm: int
+    latency: float
+    workers: int
+    count: int
+    run: ToolRun
+
+    @property
+    def limit_per_second(self) -> float:
+        """What the enforced limit lets through per second."""
+        return self.rpm / 60
+
+    @property
+    def share_of_limit(self) -> float:
+        """Steady throughput as a fraction of the limit."""
+        return self.run.rates.steady / self.limit_per_second
+
+    @property
+    def rate_limited_share(self) -> float:
+        """429s among all requests the fake saw."""
+        stats = self.run.measured.server_stats
+        return stats.rate_limited / max(stats.total, 1)
+
+
+def rate_limited_throughput(
+    bench: Bench, server: FakeServer, rpm: int, latency: float, workers: int, seconds: float
+) -> RateLimitResult:
+    """``seconds`` worth of artists at the limit's pace, with more workers than it allows:
+    the limiter, not the workers, must set the pace."""
+    server.enforce(rpm=rpm, window=1.0, retry_after="seconds")
+    count = int(seconds * rpm / 60)
+    run = run_job(bench, server, latency, workers, count, seed=rpm + workers)
+    return RateLimitResult(rpm, latency, workers, count, run)

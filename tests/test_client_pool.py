@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from artist_bio_gen.api.call import call_openai_api
 from artist_bio_gen.api.client import (
     ClientPool,
-    call_openai_api,
     client_count,
     create_client_pool,
     create_openai_client,

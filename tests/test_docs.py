@@ -353,13 +353,15 @@ def test_every_exit_code_is_in_help_and_readme(
 
 
 def test_a_missing_or_unknown_exit_code_is_caught() -> None:
-    constants = {**exit_code_constants(), 7: ("EXIT_NEW", "Something new happened.")}
+    unused = [code for code in range(8, 75) if code not in exit_code_constants()][:2]
+    new, invented = unused
+    constants = {**exit_code_constants(), new: ("EXIT_NEW", "Something new happened.")}
     in_help = help_exit_codes(cli_main.create_argument_parser().format_help())
-    in_readme = {**readme_exit_codes(README), 8: "invented"}
+    in_readme = {**readme_exit_codes(README), invented: "invented"}
     assert exit_code_problems(constants, in_help, in_readme) == [
-        "exit code 7 (EXIT_NEW) is missing from --help's 'exit codes:'",
-        "exit code 7 (EXIT_NEW) is missing from the README table",
-        "the README table lists exit code 8, which exit_codes.py lacks",
+        f"exit code {new} (EXIT_NEW) is missing from --help's 'exit codes:'",
+        f"exit code {new} (EXIT_NEW) is missing from the README table",
+        f"the README table lists exit code {invented}, which exit_codes.py lacks",
     ]
 
 
@@ -372,11 +374,14 @@ def test_every_failure_code_is_in_the_architecture_doc() -> None:
     assert sorted(FAILURE_CODES.keys() - rows.keys()) == [], "codes missing from the table"
     assert sorted(rows.keys() - FAILURE_CODES.keys()) == [], "the table lists unknown codes"
     for code, entry in FAILURE_CODES.items():
-        stops = rows[code].split("|")[3].strip()
+        cells = [cell.strip() for cell in rows[code].split("|")]
+        stops, counts, retried = cells[3], cells[4], cells[5]
         if entry.stops_run is None:
             assert stops == "no", f"{code}: the table says it stops the run"
         else:
             assert stops == f"yes, exit {entry.stops_run.exit_code}", f"{code}: {stops!r}"
+        assert counts == ("yes" if entry.counts_towards_cap else "no"), f"{code}: {counts!r}"
+        assert retried == ("yes" if entry.retried else "no"), f"{code}: {retried!r}"
 
 
 def _test_functions(path: Path) -> set[str]:

@@ -7,6 +7,7 @@ touching ``LEDGER_MIGRATIONS``.
 
 from __future__ import annotations
 
+import datetime
 import re
 import threading
 import uuid
@@ -24,9 +25,11 @@ from artist_bio_gen.database.connection import create_db_connection_pool, descri
 from artist_bio_gen.database.migrations import VERSION_TABLE, Migrations
 from artist_bio_gen.database.schema import (
     LEDGER_MIGRATIONS,
+    USAGE_TABLE,
     ensure_ledger,
     inspect_target_table,
     m001_ledger_table,
+    m002_costs_and_daily_usage,
 )
 from artist_bio_gen.database.store import BioStore
 from artist_bio_gen.errors import ConfigError
@@ -132,14 +135,20 @@ def test_a_fresh_database_gets_every_migration_recorded(
     pool: ConnectionPool, where: str, database: TestDatabase
 ) -> None:
     assert LEDGER_MIGRATIONS.names()[0] == "m001_ledger_table"
+    # The registries tests build from the tool's migrations know every one of them.
+    assert _registry_up_to(LEDGER_MIGRATIONS.names()[-1]).names() == LEDGER_MIGRATIONS.names()
     assert ensure_ledger(pool, where) == LEDGER_MIGRATIONS.names()
     assert _recorded_names(database) == LEDGER_MIGRATIONS.names()
     with database.connect() as conn:
-        # The module docstring documents both tables column by column: it must stay true.
+        # The module docstring documents the tables column by column: it must stay true.
         ledger_columns = [name for name, _, _ in _columns(conn, "artist_bio_ledger")]
         version_columns = [name for name, _, _ in _columns(conn, VERSION_TABLE)]
+        usage_columns = [name for name, _, _ in _columns(conn, USAGE_TABLE)]
+        cost_type = dict((name, kind) for name, kind, _ in _columns(conn, "artist_bio_ledger"))
     assert ledger_columns == _docstring_columns(0)
     assert version_columns == _docstring_columns(1)
+    assert usage_columns == _docstring_columns(2)
+    assert cost_type["cost_usd"] == "numeric(14,9)"
 
 
 def test_a_second_run_applies_nothing_and_changes_no_rows(
@@ -162,9 +171,50 @@ def test_a_ledger_from_before_the_registry_is_adopted_with_its_rows(
     before = database.ledger()
     assert not _exists(database, VERSION_TABLE)
 
-    assert ensure_ledger(pool, where) == ["m001_ledger_table"]
-    assert _recorded_names(database) == ["m001_ledger_table"]
-    assert database.ledger() == before
+    assert ensure_ledger(pool, where) == LEDGER_MIGRATIONS.names()
+    assert _recorded_names(database) == LEDGER_MIGRATIONS.names()
+    assert database.ledger() == [_with_m002_columns(row) for row in before]
+    assert ensure_ledger(pool, where) == []
+
+
+def _with_m002_columns(row: dict) -> dict:
+    """A ledger row from before m002, as it reads after it: the new columns NULL."""
+    return {**row, "response_model": None, "service_tier": None, "cost_usd": None}
+
+
+def _registry_up_to(name: str) -> Migrations:
+    """A registry holding the tool's migrations up to ``name`` (a database a version ago)."""
+    registry = Migrations()
+    for function in (m001_ledger_table, m002_costs_and_daily_usage):
+        registry.register(function)
+        if function.__name__ == name:
+            return registry
+    raise AssertionError(f"unknown migration {name}")
+
+
+def test_m002_upgrades_a_ledger_at_m001_keeping_its_rows(
+    pool: ConnectionPool, where: str, database: TestDatabase
+) -> None:
+    """What a user of the previous version holds: m001 recorded, committed rows. m002 adds
+    the cost columns (NULL in every old row: unknown) and the usage table; the old rows
+    still commit, read and total as before."""
+    assert ensure_ledger(pool, where, migrations=_registry_up_to("m001_ledger_table")) == [
+        "m001_ledger_table"
+    ]
+    job_id = str(uuid.uuid4())
+    for _ in range(3):
+        database.execute(LEDGER_ROW, (job_id, str(uuid.uuid4())))
+    before = database.ledger()
+    assert "cost_usd" not in before[0] and not _exists(database, USAGE_TABLE)
+
+    assert ensure_ledger(pool, where) == ["m002_costs_and_daily_usage"]
+    assert _recorded_names(database) == LEDGER_MIGRATIONS.names()
+    assert database.ledger() == [_with_m002_columns(row) for row in before]
+    assert _exists(database, USAGE_TABLE)
+    store = BioStore(pool, DatabaseConfig(url=database.url, retry_seconds=5))
+    assert [row.cost_usd for row in store.iter_job_rows(job_id)] == [None, None, None]
+    totals = store.job_totals(job_id)
+    assert (totals.bios, totals.cost_usd, totals.unpriced) == (3, 0.0, 3)
     assert ensure_ledger(pool, where) == []
 
 
@@ -255,11 +305,10 @@ def test_runs_starting_together_apply_each_migration_once(database: TestDatabase
 
 
 def _failing_registry() -> Migrations:
-    registry = Migrations()
-    registry.register(m001_ledger_table)
+    registry = _registry_up_to("m002_costs_and_daily_usage")
 
     @registry.register
-    def m002_breaks_halfway(conn: psycopg.Connection) -> None:
+    def m003_breaks_halfway(conn: psycopg.Connection) -> None:
         conn.execute("ALTER TABLE artist_bio_ledger ADD COLUMN half_done TEXT")
         conn.execute("CREATE TABLE half_probe (x int)")
         raise RuntimeError("migration bug")
@@ -272,8 +321,8 @@ def test_a_failing_migration_on_a_fresh_database_leaves_nothing(
 ) -> None:
     with pytest.raises(RuntimeError, match="migration bug"):
         ensure_ledger(pool, where, migrations=_failing_registry())
-    # m001 ran in the same transaction: it is rolled back too, with the version table.
-    for table in ("artist_bio_ledger", VERSION_TABLE, "half_probe"):
+    # m001 and m002 ran in the same transaction: rolled back too, with the version table.
+    for table in ("artist_bio_ledger", USAGE_TABLE, VERSION_TABLE, "half_probe"):
         assert not _exists(database, table), table
     # The lock was released: the next run goes ahead.
     assert ensure_ledger(pool, where) == LEDGER_MIGRATIONS.names()
@@ -385,6 +434,12 @@ def test_the_readme_admin_sql_lets_a_user_without_create_run(
         job = JobRef(job_id=str(uuid.uuid4()), prompt_id="p", prompt_version=None, model=None)
         assert store.commit(bio, job).db_status == "updated"
         assert database.bios()[artist.artist_id] == "A bio."
+        # --daily-limit's counts: reserved, given back and read.
+        today = datetime.date(2025, 8, 14)
+        assert store.reserve_requests(job.job_id, today, 16, 20) == 16
+        store.release_requests(job.job_id, today, 6)
+        assert store.requests_used(job.job_id, today) == 10
+        assert store.job_totals(job.job_id).bios == 1
     finally:
         pool.close()
 
@@ -400,9 +455,44 @@ def test_the_readme_admin_sql_lets_a_user_without_create_run(
     finally:
         tool_pool.close()
     with database.connect() as conn:
-        for table in ("artist_bio_ledger", VERSION_TABLE):
+        for table in ("artist_bio_ledger", USAGE_TABLE, VERSION_TABLE):
             readme_made, tool_made = f"public.{table}", f"toolmade.{table}"
             assert _columns(conn, readme_made) == _columns(conn, tool_made), table
             assert _constraints(conn, readme_made) == _constraints(conn, tool_made), table
         recorded = conn.execute(f"SELECT name FROM public.{VERSION_TABLE} ORDER BY name")
         assert [row[0] for row in recorded] == LEDGER_MIGRATIONS.names()
+
+
+def test_the_readme_admin_sql_upgrades_tables_an_earlier_version_made(
+    limited_user: str, database: TestDatabase
+) -> None:
+    """A user without CREATE on tables set up for the previous version (m001): the run
+    stops with one sentence until the administrator runs the README's SQL again, which
+    upgrades the tables with their rows; then the run needs no DDL."""
+    role = urlsplit(limited_user).username
+    admin_pool = _pool(database.url)
+    try:
+        where = describe_database(database.url)
+        ensure_ledger(admin_pool, where, migrations=_registry_up_to("m001_ledger_table"))
+    finally:
+        admin_pool.close()
+    for grant in (
+        f"GRANT SELECT, INSERT ON artist_bio_ledger TO {role}",
+        f"GRANT USAGE ON SEQUENCE artist_bio_ledger_seq_seq TO {role}",
+        f"GRANT SELECT ON {VERSION_TABLE} TO {role}",
+    ):
+        database.execute(grant)
+    database.execute(LEDGER_ROW, (str(uuid.uuid4()), str(uuid.uuid4())))
+    before = database.ledger()
+
+    pool = _pool(limited_user)
+    try:
+        with pytest.raises(ConfigError, match="ask an administrator"):
+            ensure_ledger(pool, describe_database(limited_user))
+        with database.connect() as conn:
+            conn.execute(_readme_admin_sql().replace("<user>", role))
+        assert ensure_ledger(pool, describe_database(limited_user)) == []
+    finally:
+        pool.close()
+    assert _recorded_names(database) == LEDGER_MIGRATIONS.names()
+    assert database.ledger() == [_with_m002_columns(row) for row in before]

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 
 import psycopg
 import pytest
 
+from artist_bio_gen.core.jsonl import encode_line
 from artist_bio_gen.core.legacy import update_artist_bio
 from artist_bio_gen.database.connection import create_db_connection_pool, describe_database
 from artist_bio_gen.database.schema import ensure_ledger, inspect_target_table
-from artist_bio_gen.database.store import BioStore
-from artist_bio_gen.models import ArtistData, DatabaseConfig, GeneratedBio, JobRef, TokenUsage
+from artist_bio_gen.database.store import BioStore, JobTotals
+from artist_bio_gen.models import (
+    ArtistData,
+    CommittedBio,
+    DatabaseConfig,
+    GeneratedBio,
+    JobRef,
+    TokenUsage,
+)
 
 from .support.data import make_artists
 from .support.database import TestDatabase
@@ -192,3 +202,104 @@ def test_a_lost_connection_during_commit_is_resolved_by_checking_the_row(
     assert sum(sent) == 1
     assert len(database.ledger()) == 1
     assert database.bios()[artist.artist_id] == "Only bio."
+
+
+# --- what each bio cost (m002) -----------------------------------------------------------
+
+
+def _priced(
+    artist_id: str, cost: float | None, job: str = JOB, tokens: TokenUsage = TokenUsage(10, 20, 30)
+) -> tuple[GeneratedBio, JobRef]:
+    bio, _ = _row(artist_id, job=job)
+    priced = dataclasses.replace(
+        bio,
+        tokens=tokens,
+        model="gpt-4.1-mini-2025-04-14",
+        service_tier="flex",
+        cost_usd=cost,
+    )
+    return priced, JobRef(job_id=job, prompt_id=None, prompt_version=None, model="gpt-4.1-mini")
+
+
+def test_commit_stores_and_returns_the_answering_model_tier_and_cost(
+    store: BioStore, database: TestDatabase
+) -> None:
+    artist = make_artists(1, seed=38)[0]
+    database.seed([artist])
+    committed = store.commit(*_priced(artist.artist_id, 0.000123457))
+    assert committed.model == "gpt-4.1-mini-2025-04-14"
+    assert committed.service_tier == "flex"
+    assert committed.cost_usd == 0.000123457
+    (ledger,) = database.ledger()
+    assert ledger["model"] == "gpt-4.1-mini"  # the job's --model, as before
+    assert ledger["response_model"] == "gpt-4.1-mini-2025-04-14"
+    assert ledger["service_tier"] == "flex"
+    assert ledger["cost_usd"] == Decimal("0.000123457")
+    # Read back (recovery, a retry after a lost connection) the same values come out.
+    assert list(store.iter_job_rows(JOB)) == [committed]
+    assert store.commit(*_priced(artist.artist_id, 9.0)) == committed
+
+
+def test_the_jsonl_line_does_not_show_the_accounting(
+    store: BioStore, database: TestDatabase
+) -> None:
+    artist = make_artists(1, seed=39)[0]
+    database.seed([artist])
+    priced = store.commit(*_priced(artist.artist_id, 0.5))
+    plain = dataclasses.replace(priced, model=None, service_tier=None, cost_usd=None)
+    assert encode_line(priced, "p") == encode_line(plain, "p")
+    bio, _ = _priced(artist.artist_id, 0.5)
+    assert CommittedBio.without_database(bio).cost_usd == 0.5
+
+
+@pytest.mark.parametrize(
+    ("cost", "stored"),
+    [
+        (None, None),
+        (0.0, Decimal("0E-9")),
+        (0.1234567891, Decimal("0.123456790")),  # more decimals than kept: rounded up
+        (99999.999999999, Decimal("99999.999999999")),
+        (100000.0, None),  # does not fit NUMERIC(14,9): unknown, and the bio is committed
+        (-1.0, None),
+        (float("nan"), None),
+    ],
+    ids=repr,
+)
+def test_a_cost_is_stored_exactly_or_as_unknown_never_failing_the_commit(
+    store: BioStore, database: TestDatabase, cost: float | None, stored: Decimal | None
+) -> None:
+    artist = make_artists(1, seed=40)[0]
+    database.seed([artist])
+    committed = store.commit(*_priced(artist.artist_id, cost))
+    assert committed.db_status == "updated"
+    (ledger,) = database.ledger()
+    assert ledger["cost_usd"] == stored
+    assert committed.cost_usd == (None if stored is None else float(stored))
+
+
+def test_job_totals_sum_the_job_and_count_unknown_costs(
+    store: BioStore, database: TestDatabase
+) -> None:
+    artists = make_artists(6, seed=41)
+    database.seed(artists[:5])  # the last one has no row: skipped, but it was paid for
+    assert store.job_totals(JOB) == JobTotals()
+    costs = [0.1, 0.2, None, 0.000000001, 0.3, 0.7]
+    for artist, cost in zip(artists, costs, strict=True):
+        store.commit(*_priced(artist.artist_id, cost, tokens=TokenUsage(100, 50, 150)))
+    other = str(uuid.uuid4())
+    store.commit(*_priced(artists[0].artist_id, 5.0, job=other))
+    # A row from before costs were recorded (m001): every new column NULL.
+    store.commit(*_row(str(uuid.uuid4())))
+
+    totals = store.job_totals(JOB)
+    assert totals == JobTotals(
+        bios=7,
+        input_tokens=6 * 100 + 1,
+        output_tokens=6 * 50 + 2,
+        total_tokens=6 * 150 + 3,
+        cost_usd=1.300000001,  # exact: summed as NUMERIC, not as floats
+        unpriced=2,
+    )
+    assert not totals.cost_complete
+    assert store.job_totals(other) == JobTotals(1, 10, 20, 30, 5.0, 0)
+    assert store.job_totals(other).cost_complete

@@ -1,9 +1,4 @@
-"""Calling the Responses API and sorting its failures.
-
-Retries are the SDK's own (``max_retries``, exponential backoff honouring ``Retry-After``):
-they are per request, well tested and already wrapped around every call, so this module
-does not add a second retry loop. It only decides what a failure that survived them is:
-one of the codes of ``failure_codes`` (which also says whether the code stops the run).
+"""SDK clients for many worker threads (the call itself is ``api/call.py``).
 
 Many workers share a ``ClientPool`` of SDK clients rather than one client: the HTTP client's
 connection pool scans all of its connections under one lock at every request start and
@@ -19,11 +14,6 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..failure_codes import failure
-from ..models import ArtistData, GeneratedBio, TokenUsage
-from ..utils.text import normalize_bio
-from .request import PromptSettings, build_request
-
 if TYPE_CHECKING:
     import ssl
 
@@ -33,19 +23,6 @@ logger = logging.getLogger(__name__)
 
 # The SDK is imported where it is first needed, not at module import: it takes about half a
 # second, which a run refused at start (lock held, bad option) should not have to pay.
-
-
-class ApiCallError(Exception):
-    """An API call that failed after the SDK's retries.
-
-    ``code`` is one of ``failure_codes.FAILURE_CODES`` (stable, machine-readable); the table
-    says whether it stops the run.
-    """
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = failure(code).code  # an unknown code is a bug: fail here, not later
-        self.message = message
 
 
 def create_openai_client(
@@ -206,125 +183,3 @@ def create_client_pool(
             for _ in range(count)
         ]
     )
-
-
-def call_openai_api(
-    client: openai.OpenAI | ClientPool,
-    artist: ArtistData,
-    settings: PromptSettings,
-    api_key: str | None = None,
-) -> GeneratedBio:
-    """Ask for one artist's bio; raises ``ApiCallError`` when no usable bio came back.
-
-    ``client`` is an SDK client or a ``ClientPool`` (then the calling thread's client is
-    used). ``api_key`` is only used to scrub the key out of error messages.
-    """
-    import openai
-
-    sdk_client = client.client() if isinstance(client, ClientPool) else client
-    try:
-        response = sdk_client.responses.create(**build_request(artist, settings))
-    except openai.OpenAIError as exc:
-        raise classify_api_error(exc, settings, api_key) from exc
-    except ValueError as exc:
-        # The SDK lets a 200 reply whose body is not JSON surface as a JSONDecodeError.
-        raise ApiCallError("bad_response", f"unusable answer from the API: {exc}") from exc
-    text = normalize_bio(response.output_text)
-    if not text.strip():
-        raise ApiCallError("empty_response", f"the API returned no text (response {response.id})")
-    return GeneratedBio(
-        artist=artist,
-        response_id=response.id,
-        text=text,
-        created=int(response.created_at),
-        tokens=_usage(response),
-    )
-
-
-def _usage(response: object) -> TokenUsage:
-    # OpenAI-compatible servers may omit usage; a missing count is 0, not a failure.
-    usage = getattr(response, "usage", None)
-    if usage is None:
-        return TokenUsage()
-    return TokenUsage(
-        getattr(usage, "input_tokens", 0) or 0,
-        getattr(usage, "output_tokens", 0) or 0,
-        getattr(usage, "total_tokens", 0) or 0,
-    )
-
-
-def classify_api_error(
-    exc: openai.OpenAIError, settings: PromptSettings, api_key: str | None = None
-) -> ApiCallError:
-    """Turn an SDK exception into an ``ApiCallError`` with a code and a clear message."""
-    error = _classify(exc, settings)
-    if api_key:
-        error.message = error.message.replace(api_key, "***")
-        error.args = (error.message,)
-    return error
-
-
-def _classify(exc: openai.OpenAIError, settings: PromptSettings) -> ApiCallError:
-    import openai
-
-    if isinstance(exc, openai.AuthenticationError):
-        return ApiCallError(
-            "auth",
-            "The API rejected the key (HTTP 401); check OPENAI_API_KEY or --openai-api-key.",
-        )
-    if isinstance(exc, openai.PermissionDeniedError):
-        return ApiCallError(
-            "forbidden",
-            f"The API refused access (HTTP 403: {_detail(exc)}); check the key's project "
-            "and permissions.",
-        )
-    if isinstance(exc, openai.NotFoundError):
-        return ApiCallError("not_found", _not_found_message(exc, settings))
-    if isinstance(exc, openai.RateLimitError):
-        return _rate_limit(exc)
-    return _per_artist(exc)
-
-
-def _not_found_message(exc: openai.APIStatusError, settings: PromptSettings) -> str:
-    if settings.uses_stored_prompt:
-        what = f"prompt '{settings.prompt_id}'"
-        if settings.prompt_version:
-            what += f" version '{settings.prompt_version}'"
-        fix = "check --prompt-id / OPENAI_PROMPT_ID and --prompt-version"
-    else:
-        what = f"model '{settings.model}'"
-        fix = "check --model / OPENAI_MODEL and OPENAI_BASE_URL"
-    return f"The API does not know {what} (HTTP 404: {_detail(exc)}); {fix}."
-
-
-def _rate_limit(exc: openai.RateLimitError) -> ApiCallError:
-    if exc.code == "insufficient_quota":
-        return ApiCallError(
-            "insufficient_quota",
-            "The API account has no quota left (insufficient_quota); add credit or raise "
-            "the limit, then run again with --resume.",
-        )
-    return ApiCallError("rate_limited", f"rate limited after retries: {_detail(exc)}")
-
-
-def _per_artist(exc: openai.OpenAIError) -> ApiCallError:
-    import openai
-
-    if isinstance(exc, openai.APITimeoutError):
-        return ApiCallError("timeout", "the request timed out (after retries)")
-    if isinstance(exc, openai.APIConnectionError):
-        return ApiCallError("connection_error", f"could not reach the API: {_detail(exc)}")
-    if isinstance(exc, openai.BadRequestError):
-        return ApiCallError("bad_request", f"the API rejected this request: {_detail(exc)}")
-    if isinstance(exc, openai.APIStatusError):
-        return ApiCallError(
-            "server_error" if exc.status_code >= 500 else "api_error",
-            f"HTTP {exc.status_code}: {_detail(exc)}",
-        )
-    return ApiCallError("bad_response", f"unusable answer from the API: {_detail(exc)}")
-
-
-def _detail(exc: openai.OpenAIError) -> str:
-    # APIError.message is the server's own sentence; str(exc) adds a dump of the body.
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return " ".join(str(message).split())[:300]

@@ -13,7 +13,7 @@ Two modes:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from ..errors import ConfigError
 from ..models import NO_ARTIST_DATA, ArtistData
@@ -50,6 +50,11 @@ class PromptSettings:
         return bool(self.prompt_id)
 
 
+#: The ``service_tier`` values the tool sends (``--service-tier``).
+ServiceTier = Literal["auto", "default", "flex"]
+SERVICE_TIERS: tuple[ServiceTier, ...] = ("auto", "default", "flex")
+
+
 class ResponseRequest(TypedDict, total=False):
     """The keyword arguments of ``client.responses.create`` this tool sends."""
 
@@ -57,6 +62,7 @@ class ResponseRequest(TypedDict, total=False):
     model: str
     instructions: str
     input: str
+    service_tier: ServiceTier
 
 
 def prompt_variables(artist: ArtistData) -> dict[str, str]:
@@ -64,8 +70,17 @@ def prompt_variables(artist: ArtistData) -> dict[str, str]:
     return {"artist_name": artist.name, "artist_data": artist.data or NO_ARTIST_DATA}
 
 
-def build_request(artist: ArtistData, settings: PromptSettings) -> ResponseRequest:
+def build_request(
+    artist: ArtistData, settings: PromptSettings, service_tier: ServiceTier | None = None
+) -> ResponseRequest:
     """Keyword arguments for ``client.responses.create`` for one artist."""
+    request = _prompt_request(artist, settings)
+    if service_tier is not None:
+        request["service_tier"] = service_tier
+    return request
+
+
+def _prompt_request(artist: ArtistData, settings: PromptSettings) -> ResponseRequest:
     variables = prompt_variables(artist)
     if settings.prompt_id:  # uses_stored_prompt, spelled out so the id is known to be a str
         # {**variables}: the same pairs, as the dict of wider values the SDK's type asks for.

@@ -17,10 +17,13 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from .. import exit_codes
+from ..api.request import SERVICE_TIERS
 from ..config import DEFAULT_OUTPUT, Config, load_environment, parse_bool, resolve_config
 from ..core.dryrun import dry_run
 from ..core.processor import RunControl
 from ..core.runner import RunResult, run_job
+from ..core.throttle import RequestCounts
+from ..database.store import JobTotals
 from ..errors import ArtistBioGenError
 from ..jobfiles import JobPaths
 from ..models import ProcessingStats
@@ -44,13 +47,18 @@ examples:
   # look at the first requests without an API key or a database
   artist-bio-gen --input artists.csv --model gpt-4.1-mini --dry-run
 
+  # nightly from cron: at most 5,000 requests a day and $20 a night, flex prices
+  artist-bio-gen --resume --daily-limit 5000 --max-cost 20 --service-tier flex
+
   # check that bios.jsonl mirrors the database, and repair what can be repaired
   artist-bio-gen verify --output bios.jsonl --repair
 
 exit codes: 0 done, 1 input file missing/unreadable, 2 bad path or options,
 3 configuration (key, prompt, database, table), 4 some artists failed (retried by --resume),
 5 stopped early (quota, database gone, disk full: fix, then --resume), 6 JSONL and database
-disagree (see verify), 10 unexpected error, 75 another run holds the job, 130 interrupted.
+disagree (see verify), 7 stopped at a limit (daily limit, --max-cost, --limit, a rate-limit
+wait past --pause-duration: --resume continues), 10 unexpected error, 75 another run holds
+the job, 130 interrupted.
 """
 
 
@@ -221,33 +229,80 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_quota_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("quota (legacy flags, accepted and validated)")
+    group = parser.add_argument_group(
+        "rate limits and budgets",
+        "The run paces itself to the account's limits (learned from the x-ratelimit-* headers) "
+        "and to the caps below; a 429 slows the whole run and never fails an artist. A run "
+        "stopped by a budget exits 7 and --resume continues it.",
+    )
+    group.add_argument(
+        "--rpm", type=float, metavar="N", help="at most N requests per minute (env OPENAI_RPM)"
+    )
+    group.add_argument(
+        "--tpm", type=float, metavar="N", help="at most N tokens per minute (env OPENAI_TPM)"
+    )
     group.add_argument(
         "--quota-monitoring",
         type=_bool_arg,
         metavar="true|false",
-        help="watch rate-limit headers (env QUOTA_MONITORING)",
+        help="learn the account's limits from the rate-limit headers; the caps apply either "
+        "way (env QUOTA_MONITORING; default true)",
     )
     group.add_argument(
         "--quota-threshold",
         type=float,
         metavar="F",
-        help="usage fraction 0.1-1.0 (env QUOTA_THRESHOLD)",
-    )
-    group.add_argument(
-        "--daily-limit", type=int, metavar="N", help="requests per day (env DAILY_REQUEST_LIMIT)"
+        help="use at most this fraction (0.1-1.0) of a learned limit, keeping the rest in "
+        "reserve (env QUOTA_THRESHOLD; default 0.8)",
     )
     group.add_argument(
         "--pause-duration",
         type=float,
         metavar="H",
-        help="hours to pause at the limit, 1-72 (env PAUSE_DURATION_HOURS)",
+        help="a rate-limit wait longer than H hours (fractions accepted, at most 72) ends the "
+        "run as resumable (env PAUSE_DURATION_HOURS; default 24)",
     )
     group.add_argument(
         "--quota-log-interval",
         type=int,
         metavar="N",
-        help="log quota metrics every N requests (env QUOTA_LOG_INTERVAL)",
+        help="log the limiter's view (limits, pace, pauses, spend) every N requests "
+        "(env QUOTA_LOG_INTERVAL; default 100)",
+    )
+    group.add_argument(
+        "--daily-limit",
+        type=int,
+        metavar="N",
+        help="at most N API requests per UTC day for this job, shared by all its runs "
+        "(env DAILY_REQUEST_LIMIT)",
+    )
+    group.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="stop before this run's spend would pass USD (env MAX_COST_USD)",
+    )
+    group.add_argument(
+        "--limit", type=int, metavar="N", help="send at most N artists to the API in this run"
+    )
+    group.add_argument(
+        "--price-input",
+        type=float,
+        metavar="USD",
+        help="USD per million input tokens, instead of the built-in table "
+        "(with --price-output; env OPENAI_PRICE_INPUT)",
+    )
+    group.add_argument(
+        "--price-output",
+        type=float,
+        metavar="USD",
+        help="USD per million output tokens (with --price-input; env OPENAI_PRICE_OUTPUT)",
+    )
+    group.add_argument(
+        "--service-tier",
+        choices=SERVICE_TIERS,
+        help="service_tier of every request; flex costs half and may answer 'Resource "
+        "Unavailable', which is retried, never billed (env OPENAI_SERVICE_TIER)",
     )
 
 
@@ -359,10 +414,34 @@ def summary_lines(config: Config, result: RunResult) -> list[str]:
         f"  elapsed           {s.elapsed_seconds:.1f} s ({s.rate:.1f} artists/s)",
         f"  tokens            input {s.tokens.input_tokens:,}, output {s.tokens.output_tokens:,}, "
         f"total {s.tokens.total_tokens:,}",
+        _requests_line(result.requests),
+        _cost_line(result.requests),
     ]
+    if result.job_totals is not None:
+        lines.append(_job_line(result.job_totals))
     if result.interrupted:
         lines.append("  interrupted: run again with --resume to continue")
     return lines
+
+
+def _requests_line(counts: RequestCounts) -> str:
+    return (
+        f"  requests          {counts.requests:,} (rate-limited {counts.rate_limited:,}, "
+        f"failed {counts.failed:,})"
+    )
+
+
+def _cost_line(counts: RequestCounts) -> str:
+    unknown = f" (+{counts.unknown_cost:,} answers of unknown price)" if counts.unknown_cost else ""
+    return f"  cost              ${counts.spent_usd:,.4f}{unknown}"
+
+
+def _job_line(totals: JobTotals) -> str:
+    unpriced = f" (+{totals.unpriced:,} of unknown price)" if totals.unpriced else ""
+    return (
+        f"  job so far        {totals.bios:,} bios, {totals.total_tokens:,} tokens, "
+        f"${totals.cost_usd:,.4f}{unpriced}"
+    )
 
 
 #: What ``signal.signal`` takes and returns: a function, SIG_DFL / SIG_IGN (ints), or None

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from ..failure_codes import counts_towards_cap
 from .jsonl import JsonlWriter, iter_records
 
 logger = logging.getLogger(__name__)
@@ -65,11 +66,18 @@ class FailureLog:
 
 
 def count_attempts(path: Path, job_id: str) -> Counter[str]:
-    """Failed attempts per artist id recorded for ``job_id`` (empty when there is no file)."""
+    """Failed attempts per artist id recorded for ``job_id`` (empty when there is no file).
+
+    Only codes that count towards the cap are counted: a record an older version wrote for
+    a failure that is no longer held against the artist (a 429) does not bring it closer
+    to being given up.
+    """
     counts: Counter[str] = Counter()
     if not path.exists():
         return counts
     for record in iter_records(path):
-        if record.get("job_id") == job_id and "artist_id" in record:
+        if record.get("job_id") != job_id or "artist_id" not in record:
+            continue
+        if counts_towards_cap(str(record.get("code"))):
             counts[str(record["artist_id"])] += 1
     return counts

@@ -12,10 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from ..database.store import BioStore
-from ..jobfiles import Checkpoint, Manifest
+from ..database.store import BioStore, JobTotals
+from ..jobfiles import Checkpoint, JobPaths, Manifest
 from ..models import CommittedBio, GeneratedBio, JobRef
 from ..utils.uuidset import UuidSet
+from .budget import DatabaseUsage, FileUsage, UsageStore
 from .jsonl import JsonlWriter
 from .recovery import Reconciliation, reconcile, scan_jsonl
 
@@ -33,6 +34,14 @@ class Ledger(Protocol):
 
     def done_ids(self, manifest: Manifest) -> UuidSet:
         """Artists this job has committed (after the manifest's legacy prefix)."""
+        ...
+
+    def usage(self, job_id: str) -> UsageStore:
+        """Where the job's daily request counts live (``--daily-limit``)."""
+        ...
+
+    def totals(self, job_id: str) -> JobTotals | None:
+        """What all runs of the job committed and spent (None: not recorded)."""
         ...
 
     def reconcile(
@@ -67,6 +76,14 @@ class DatabaseLedger:
         """The job's ledger rows."""
         return self.store.done_ids(manifest.job_id)
 
+    def usage(self, job_id: str) -> UsageStore:
+        """The job's rows of ``artist_bio_usage``."""
+        return DatabaseUsage(self.store, job_id)
+
+    def totals(self, job_id: str) -> JobTotals | None:
+        """Summed from the ledger."""
+        return self.store.job_totals(job_id)
+
     def reconcile(
         self, manifest: Manifest, writer: JsonlWriter, appended: tuple[int, int] | None
     ) -> tuple[Reconciliation, Manifest]:
@@ -91,6 +108,14 @@ class JsonlOnlyLedger:
     def done_ids(self, manifest: Manifest) -> UuidSet:
         """The ids of the JSONL's lines."""
         return scan_jsonl(self.output, manifest.legacy_prefix).ids
+
+    def usage(self, job_id: str) -> UsageStore:
+        """A small file beside the output (``<stem>.usage.json``)."""
+        return FileUsage(JobPaths(self.output).usage, job_id)
+
+    def totals(self, job_id: str) -> JobTotals | None:
+        """The JSONL holds no costs: only each run's own figures are known."""
+        return None
 
     def reconcile(
         self, manifest: Manifest, writer: JsonlWriter, appended: tuple[int, int] | None

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from ..api.client import ApiCallError, ClientPool, call_openai_api
+from ..api.call import ApiCallError, CallOptions, NotSent, call_openai_api
+from ..api.client import ClientPool
 from ..api.request import PromptSettings
 from ..database.connection import first_line
 from ..errors import ArtistBioGenError, DatabaseUnavailableError, OutputWriteError, RunAbortedError
@@ -62,6 +63,8 @@ class Pipeline:
     #: ``--skip-existing``: look the user's row up first; no API call for a row with a bio.
     skip_existing: bool = False
     api_key: str | None = field(default=None, repr=False)
+    #: Retries, service tier, prices and the run's pacer (rate limits, budgets).
+    call: CallOptions = field(default_factory=CallOptions)
     #: Failed attempts already recorded per artist in earlier runs (for the attempt number).
     previous_attempts: Mapping[str, int] = field(default_factory=dict)
 
@@ -137,11 +140,19 @@ def _run_steps(pipeline: Pipeline, control: RunControl, artist: ArtistData) -> O
         if skipped is not None:
             return skipped
     try:
-        bio = call_openai_api(pipeline.client, artist, pipeline.settings, pipeline.api_key)
+        bio = call_openai_api(
+            pipeline.client, artist, pipeline.settings, pipeline.api_key, pipeline.call
+        )
     except ApiCallError as exc:
         if stops_run(exc.code):
             control.abort(run_error(exc.code, exc.message))
         return _failed(artist, exc.code, exc.message)
+    except NotSent as exc:
+        # Not this artist's doing: a budget or a long rate-limit pause stops the run, or the
+        # run is stopping; the artist stays to do.
+        if exc.error is not None:
+            control.abort(exc.error)
+        return Outcome(artist.artist_id, artist.name, "not_started")
     return _commit_and_append(pipeline, control, bio)
 
 
@@ -179,6 +190,8 @@ def _commit_and_append(pipeline: Pipeline, control: RunControl, bio: GeneratedBi
         response_id=committed.response_id,
         db_status=committed.db_status,
         tokens=bio.tokens,
+        cost_usd=bio.cost_usd,
+        model=bio.model,
     )
     settings = pipeline.settings
     try:
@@ -201,6 +214,8 @@ class Tally:
     failed: int = 0
     not_started: int = 0
     tokens: TokenUsage = TokenUsage()
+    #: USD of the committed bios whose price was known.
+    cost_usd: float = 0.0
     streak_code: str | None = None
     streak: int = 0
     #: Artists still in flight when the run returned (the shutdown grace ran out).
@@ -217,6 +232,7 @@ class Tally:
         else:
             self.not_started += 1
         self.tokens = self.tokens + outcome.tokens
+        self.cost_usd += outcome.cost_usd or 0.0
         self._track_streak(outcome)
 
     def _track_streak(self, outcome: Outcome) -> None:

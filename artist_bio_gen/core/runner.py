@@ -21,20 +21,25 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from ..api.call import CallOptions
 from ..api.client import ClientPool, create_client_pool
+from ..api.limiter import LimiterSettings, RateLimiter
+from ..api.pricing import Price, price_for
 from ..config import Config
 from ..database.connection import create_db_connection_pool, describe_database
 from ..database.schema import ensure_ledger, inspect_target_table
-from ..database.store import BioStore
-from ..errors import ArtistBioGenError, UsageError
+from ..database.store import BioStore, JobTotals
+from ..errors import ArtistBioGenError, LimitReachedError, UsageError
 from ..jobfiles import JobPaths, Manifest, write_manifest
 from ..models import ArtistData, ProcessingStats
 from ..utils.logging import TransactionLog
 from ..utils.uuidset import UuidSet
+from .budget import CostBudget, DailyBudget, UsageStore, utc_today
 from .failures import FailureLog, count_attempts
 from .job import decide_job
 from .jsonl import JsonlWriter
@@ -43,6 +48,7 @@ from .lock import RunLock
 from .processor import OutcomeCallback, Pipeline, RunControl, Tally, process_artists_concurrent
 from .reader import ArtistReader, estimate_rows
 from .recovery import scan_jsonl
+from .throttle import RequestCounts, Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +76,10 @@ class RunResult:
     error: ArtistBioGenError | None = None
     interrupted: bool = False
     left_running: LeftRunning | None = None
+    #: What the run's HTTP requests did (requests, 429s, spend).
+    requests: RequestCounts = field(default_factory=RequestCounts)
+    #: What all runs of the job committed and spent (None without a database).
+    job_totals: JobTotals | None = None
 
 
 class _Closable(Protocol):
@@ -82,10 +92,12 @@ def run_job(
     *,
     on_outcome: OutcomeCallback | None = None,
     on_start: Callable[[int], None] | None = None,
+    today: Callable[[], date] = utc_today,
 ) -> RunResult:
     """Run (or resume) the job of ``config.output_path``.
 
-    ``on_start`` receives the number of artists already done before processing begins.
+    ``on_start`` receives the number of artists already done before processing begins;
+    ``today`` is the UTC day the daily request budget counts (a test can move it).
     Raises ``ArtistBioGenError`` subclasses for problems found before processing starts.
     """
     paths = JobPaths(config.output_path)
@@ -109,6 +121,7 @@ def run_job(
         manifest = _reconcile(paths, ledger, start.manifest, writer, None)
         mark = _Mark.of(writer)
         done = _done_ids(paths, manifest, ledger)
+        throttle = _closing(stack, _throttle(config, ledger.usage(job_id), control, today))
         pipeline = Pipeline(
             settings=config.prompt,
             client=_closing(stack, _clients(config)),
@@ -119,14 +132,24 @@ def run_job(
             skip_existing=config.skip_existing,
             api_key=config.api_key,
             previous_attempts=count_attempts(paths.failures, job_id),
+            call=_call_options(config, throttle),
         )
-        tally, stats = _process(config, pipeline, control, done, on_outcome, on_start)
+        tally, stats, error = _process(config, pipeline, control, done, on_outcome, on_start)
         if tally.abandoned:
             left = _leave_running(stack, writer, tally.abandoned)
-            return RunResult(stats, job_id, control.error, control.interrupted, left)
+            return RunResult(
+                stats, job_id, error, control.interrupted, left, requests=throttle.counts
+            )
         # Quiet now (no worker can append), so the checkpoint is exact.
         _reconcile(paths, ledger, manifest, writer, mark.since(writer))
-        return RunResult(stats, job_id, control.error, control.interrupted)
+        return RunResult(
+            stats,
+            job_id,
+            error,
+            control.interrupted,
+            requests=throttle.counts,
+            job_totals=_job_totals(ledger, job_id),
+        )
 
 
 def _check_output_location(paths: JobPaths) -> None:
@@ -179,12 +202,53 @@ def _open_writer(config: Config, paths: JobPaths) -> JsonlWriter:
 
 
 def _clients(config: Config) -> ClientPool:
+    # The SDK's own retries are off: api/call.py owns the loop (429s slow the whole run).
     return create_client_pool(
         config.api_key,
         config.base_url,
         workers=config.max_workers,
         timeout=config.request_timeout,
+        max_retries=0,
+    )
+
+
+def _price_override(config: Config) -> Price | None:
+    budget = config.budget
+    if budget.price_input is None or budget.price_output is None:
+        return None
+    return Price(budget.price_input, budget.price_output)
+
+
+def _throttle(
+    config: Config, usage: UsageStore, control: RunControl, today: Callable[[], date]
+) -> Throttle:
+    quota, budget = config.quota, config.budget
+    limiter = RateLimiter(
+        LimiterSettings(
+            rpm=quota.rpm,
+            tpm=quota.tpm,
+            learn=quota.monitoring,
+            threshold=quota.threshold,
+            max_pause=quota.pause_hours * 3600,
+        )
+    )
+    return Throttle(
+        limiter,
+        DailyBudget(usage, budget.daily_limit, today=today),
+        CostBudget(budget.max_cost),
+        price=price_for(config.prompt.model, override=_price_override(config)),
+        stopping=lambda: control.stopping,
+        log_interval=quota.log_interval,
+        max_pause=quota.pause_hours * 3600,
+    )
+
+
+def _call_options(config: Config, throttle: Throttle) -> CallOptions:
+    return CallOptions(
         max_retries=config.max_retries,
+        service_tier=config.service_tier,
+        price=_price_override(config),
+        pacer=throttle,
     )
 
 
@@ -242,6 +306,33 @@ class _GiveUpFilter:
             yield artist
 
 
+@dataclass
+class _ArtistLimit:
+    """``--limit N``: lets at most N artists through in this run; notes whether more waited."""
+
+    limit: int | None
+    reached: bool = False
+
+    def __call__(self, artists: Iterable[ArtistData]) -> Iterator[ArtistData]:
+        if self.limit is None:
+            yield from artists
+            return
+        for index, artist in enumerate(artists):
+            if index >= self.limit:
+                self.reached = True
+                return
+            yield artist
+
+    def error(self, control: RunControl) -> LimitReachedError | None:
+        """The error a run that stopped at the limit ends with (None otherwise)."""
+        if not self.reached or control.interrupted:
+            return None
+        return LimitReachedError(
+            f"--limit {self.limit} reached: this run started {self.limit:,} artists and more "
+            "are left; run again with --resume to continue."
+        )
+
+
 def _process(
     config: Config,
     pipeline: Pipeline,
@@ -249,9 +340,11 @@ def _process(
     done: UuidSet,
     on_outcome: OutcomeCallback | None,
     on_start: Callable[[int], None] | None,
-) -> tuple[Tally, ProcessingStats]:
+) -> tuple[Tally, ProcessingStats, ArtistBioGenError | None]:
+    """Process what is left; returns the tally, the stats and the error the run ended with."""
     cap = config.max_attempts if not config.retry_failed else 10**9
     give_up = _GiveUpFilter(pipeline.previous_attempts, cap)
+    limit = _ArtistLimit(config.budget.limit)
     if done or config.resume:
         to_go = max(0, estimate_rows(config.input_path) - len(done))
         logger.info("resumed: %s already done, about %s to go", f"{len(done):,}", f"{to_go:,}")
@@ -260,7 +353,7 @@ def _process(
     started = time.monotonic()
     with ArtistReader(config.input_path, skip_ids=done) as reader:
         tally = process_artists_concurrent(
-            give_up(reader),
+            limit(give_up(reader)),
             pipeline,
             control,
             max_workers=config.max_workers,
@@ -274,7 +367,12 @@ def _process(
             give_up.given_up,
             config.max_attempts,
         )
-    return tally, stats
+    if control.error is not None:
+        return tally, stats, control.error
+    stopped = limit.error(control)
+    if stopped is not None:
+        logger.warning("%s", stopped)
+    return tally, stats, stopped
 
 
 def _stats(reader: ArtistReader, tally: Tally, elapsed: float, given_up: int) -> ProcessingStats:
@@ -291,6 +389,15 @@ def _stats(reader: ArtistReader, tally: Tally, elapsed: float, given_up: int) ->
         elapsed_seconds=elapsed,
         tokens=tally.tokens,
     )
+
+
+def _job_totals(ledger: Ledger, job_id: str) -> JobTotals | None:
+    # For the summary only: a database that stopped answering must not cost the run its end.
+    try:
+        return ledger.totals(job_id)
+    except ArtistBioGenError as exc:
+        logger.warning("could not read the job's totals: %s", exc)
+        return None
 
 
 def _leave_running(stack: contextlib.ExitStack, writer: JsonlWriter, workers: int) -> LeftRunning:

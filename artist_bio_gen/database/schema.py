@@ -24,7 +24,14 @@ input_tokens    integer      usage reported by the API
 output_tokens   integer
 total_tokens    integer
 committed_at    timestamptz  commit time
+response_model  text         the model the API answered with (``m002``)
+service_tier    text         the tier the response was served at (``m002``)
+cost_usd        numeric      what the response cost, USD (``m002``; NULL: unknown)
 ==============  ===========  ====================================================
+
+Columns marked ``m002`` were added by that migration: rows committed before it hold NULL.
+``cost_usd`` (``NUMERIC(14,9)``, exact to the nano-dollar) comes from ``api/pricing.py``; it
+is NULL when the model's price or the tier was unknown.
 
 Our tables change only through ``LEDGER_MIGRATIONS`` (``migrations.py`` has the design):
 ``ensure_ledger`` applies, under an advisory lock and in one transaction, the migrations not
@@ -35,6 +42,19 @@ column          type         meaning
 ==============  ===========  ====================================================
 name            text         a migration's name (primary key), e.g. ``m001_ledger_table``
 applied_at      timestamptz  when it was applied
+==============  ===========  ====================================================
+
+The daily request counts of ``--daily-limit``, ``artist_bio_usage`` (``m002``): one row per
+job and UTC day, counting the API requests reserved for that day (``core/budget.py``; a run
+reserves blocks ahead and gives back what it did not use at its end, so a crash leaves the
+count high, never low):
+
+==============  ===========  ====================================================
+column          type         meaning
+==============  ===========  ====================================================
+job_id          uuid         the job (primary key with ``day``)
+day             date         the UTC day
+requests        bigint       requests reserved for the day by all runs of the job
 ==============  ===========  ====================================================
 
 A new column goes in a new migration appended to ``LEDGER_MIGRATIONS`` (never by editing
@@ -59,6 +79,7 @@ from .migrations import VERSION_TABLE, Migrations
 logger = logging.getLogger(__name__)
 
 LEDGER_TABLE = "artist_bio_ledger"
+USAGE_TABLE = "artist_bio_usage"
 
 _LEDGER_DDL = """
 CREATE TABLE IF NOT EXISTS artist_bio_ledger (
@@ -95,6 +116,34 @@ def m001_ledger_table(conn: psycopg.Connection) -> None:
     or by an administrator): the table and its rows are left exactly as they are.
     """
     conn.execute(_LEDGER_DDL)
+
+
+@LEDGER_MIGRATIONS.register
+def m002_costs_and_daily_usage(conn: psycopg.Connection) -> None:
+    """What each bio cost, and the daily request counts of ``--daily-limit``.
+
+    New nullable columns without a default: PostgreSQL only records them in the catalogue
+    (no table rewrite, however large the ledger), and existing rows read NULL ("unknown").
+    No IF NOT EXISTS: nothing older than this migration made these, so a column or table
+    already there is a surprise to stop on, not to adopt.
+    """
+    conn.execute(
+        "ALTER TABLE artist_bio_ledger "
+        "ADD COLUMN response_model TEXT, "
+        "ADD COLUMN service_tier TEXT, "
+        "ADD COLUMN cost_usd NUMERIC(14,9)"
+    )
+    conn.execute(_USAGE_DDL)
+
+
+_USAGE_DDL = """
+CREATE TABLE artist_bio_usage (
+    job_id   UUID NOT NULL,
+    day      DATE NOT NULL,
+    requests BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, day)
+)
+"""
 
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -173,7 +222,8 @@ def ensure_ledger(
         return migrations.apply(pool, where)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise ConfigError(
-            f"Cannot set up the ledger tables {LEDGER_TABLE} and {VERSION_TABLE} in {where} "
+            f"Cannot set up the ledger tables {LEDGER_TABLE}, {USAGE_TABLE} and {VERSION_TABLE} "
+            f"in {where} "
             f"({first_line(exc)}); ask an administrator to create them (README, 'Database') "
             "or grant CREATE on the schema."
         ) from exc

@@ -6,14 +6,23 @@ one round trip. The update is guarded by "no ledger row yet for this job and art
 makes the statement idempotent: when a connection drops during COMMIT (outcome unknown), the
 retry first looks the row up and, if it is there, takes the committed values instead of
 writing again.
+
+The same store keeps the job's per-bio costs (``response_model``, ``service_tier``,
+``cost_usd``: written with the row, summed by ``job_totals``) and its daily request counts
+(``artist_bio_usage``, for ``--daily-limit``; ``core/budget.DatabaseUsage`` is the policy,
+the SQL is here with the rest of our tables').
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from decimal import ROUND_CEILING, Decimal
 from typing import TypeVar
 
 import psycopg
@@ -25,7 +34,7 @@ from ..errors import DatabaseUnavailableError
 from ..models import CommittedBio, DatabaseConfig, GeneratedBio, JobRef, TokenUsage
 from ..utils.uuidset import UuidSet
 from .connection import describe_database, first_line, one_row, redact
-from .schema import LEDGER_TABLE, TargetTable
+from .schema import LEDGER_TABLE, USAGE_TABLE, TargetTable
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +45,18 @@ CONNECTION_ERRORS = (psycopg.OperationalError, PoolTimeout)
 
 _LEDGER_COLUMNS = (
     "artist_id, artist_name, artist_data, response_id, response_text, "
-    "created, db_status, input_tokens, output_tokens, total_tokens, seq"
+    "created, db_status, input_tokens, output_tokens, total_tokens, seq, "
+    "response_model, service_tier, cost_usd"
 )
+
+#: The largest cost the ledger's ``cost_usd NUMERIC(14,9)`` holds.
+_MAX_COST = Decimal("99999.999999999")
+_COST_QUANTUM = Decimal("1e-9")
 
 
 def _committed(values: TupleRow) -> CommittedBio:
-    artist_id, name, data, response_id, text, created, status, tin, tout, ttotal, seq = values
+    artist_id, name, data, response_id, text, created, status = values[:7]
+    tin, tout, ttotal, seq, response_model, service_tier, cost = values[7:]
     return CommittedBio(
         artist_id=str(artist_id),
         artist_name=name,
@@ -52,7 +67,50 @@ def _committed(values: TupleRow) -> CommittedBio:
         db_status=status,
         tokens=TokenUsage(tin or 0, tout or 0, ttotal or 0),
         seq=int(seq),
+        model=response_model,
+        service_tier=service_tier,
+        cost_usd=None if cost is None else float(cost),
     )
+
+
+def _cost_param(cost: float | None) -> Decimal | None:
+    """A cost as the ledger stores it: exact to 1e-9 USD (a float that came out of
+    ``api/pricing`` already is), or None when unknown or unstorable.
+
+    A cost the column cannot hold (negative, not finite, 1e5 USD or more) is stored as
+    unknown with a warning: an accounting column must never cost a paid-for bio its commit.
+    """
+    if cost is None:
+        return None
+    if math.isfinite(cost) and cost >= 0:
+        value = Decimal(repr(float(cost))).quantize(_COST_QUANTUM, rounding=ROUND_CEILING)
+        if value <= _MAX_COST:
+            return value
+    logger.warning("cost %r USD cannot be recorded; the ledger row says unknown", cost)
+    return None
+
+
+@dataclass(frozen=True)
+class JobTotals:
+    """What a job's committed bios (every run, ``updated`` and ``skipped`` alike: each was a
+    paid response) add up to.
+
+    ``cost_usd`` is the exact sum of the known costs; ``unpriced`` counts the bios whose cost
+    is unknown (a model or tier without a price, or committed before costs were recorded),
+    which ``cost_usd`` leaves out. ``cost_usd`` is 0.0 when no cost is known.
+    """
+
+    bios: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced: int = 0
+
+    @property
+    def cost_complete(self) -> bool:
+        """True when every bio's cost is known (``cost_usd`` is the whole cost)."""
+        return self.unpriced == 0
 
 
 class BioStore:
@@ -178,6 +236,84 @@ class BioStore:
                 if count < _DONE_CHUNK:
                     return done
 
+    def job_totals(self, job_id: str) -> JobTotals:
+        """The job's bios, tokens and cost so far (all runs); see ``JobTotals``.
+
+        Read-only, so retried like a commit while the database is unreachable.
+        """
+
+        def attempt() -> JobTotals:
+            with self._pool.connection() as conn:
+                bios, tin, tout, ttotal, cost, unpriced = one_row(
+                    conn.execute(_JOB_TOTALS, (job_id,))
+                )
+            return JobTotals(
+                int(bios), int(tin), int(tout), int(ttotal), float(cost), int(unpriced)
+            )
+
+        return self._with_retries("totals", attempt)
+
+    # --- daily request counts (artist_bio_usage) -----------------------------------------
+
+    def reserve_requests(self, job_id: str, day: date, wanted: int, limit: int) -> int:
+        """Add up to ``wanted`` requests to the job's count for ``day`` without passing
+        ``limit``; returns how many were granted (0 when the day is spent).
+
+        Each grant is one atomic statement that adds all it grants or nothing: an upsert
+        that only updates when ``requests + n <= limit`` (ON CONFLICT DO UPDATE reads the
+        latest committed count under the row lock, whatever the snapshot). While a whole
+        ``wanted`` fits (every call but the last of a day) that is the only round trip;
+        otherwise the count is read and the rest asked for, again all or nothing, until a
+        grant or nothing is left. Concurrent callers can therefore never push the count
+        past ``limit``.
+
+        Retried while the database is unreachable. A grant whose COMMIT was lost is granted
+        again by the retry: the count can come out high (requests lost for the day), never
+        low.
+        """
+        if wanted <= 0 or limit <= 0:
+            return 0
+
+        def attempt() -> int:
+            with self._pool.connection() as conn:
+                ask = min(wanted, limit)
+                while ask > 0:
+                    row = conn.execute(_RESERVE, (job_id, day, ask, limit)).fetchone()
+                    if row is not None:
+                        return ask
+                    used = _requests(conn, job_id, day)
+                    ask = min(wanted, limit - used)
+                return 0
+
+        return self._with_retries("request reservation", attempt)
+
+    def release_requests(self, job_id: str, day: date, unused: int) -> None:
+        """Give back ``unused`` requests reserved for ``day`` (never below 0).
+
+        One try, not retried: a release whose outcome is unknown must not be repeated (the
+        count would come out low and the limit could be passed). When the database is
+        unreachable the requests stay counted (a warning says so), which only costs budget.
+        """
+        if unused <= 0:
+            return
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(_RELEASE, (unused, job_id, day))
+        except CONNECTION_ERRORS as exc:
+            self._note_connection_error("request release", exc)
+            logger.warning(
+                "%d requests reserved for %s stay counted against the daily limit", unused, day
+            )
+
+    def requests_used(self, job_id: str, day: date) -> int:
+        """The job's request count for ``day`` (0 when none)."""
+
+        def attempt() -> int:
+            with self._pool.connection() as conn:
+                return _requests(conn, job_id, day)
+
+        return self._with_retries("request count", attempt)
+
     def count_job_rows(self, job_id: str) -> int:
         """How many artists a job has committed."""
         with self._pool.connection() as conn:
@@ -240,6 +376,31 @@ class BioStore:
         logger.warning("database %s failed (%s); retrying", what, self._last_error)
 
 
+_JOB_TOTALS = (
+    "SELECT count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
+    "coalesce(sum(total_tokens), 0), coalesce(sum(cost_usd), 0), "
+    f"count(*) FILTER (WHERE cost_usd IS NULL) FROM {LEDGER_TABLE} WHERE job_id = %s"
+)
+
+# Inserting, the first grant of the day is min(wanted, limit) (the caller asks no more);
+# updating, it adds the whole ``ask`` or, when that would pass the limit, nothing (no row).
+_RESERVE = (
+    f"INSERT INTO {USAGE_TABLE} AS u (job_id, day, requests) VALUES (%s, %s, %s) "
+    "ON CONFLICT (job_id, day) DO UPDATE SET requests = u.requests + EXCLUDED.requests "
+    "WHERE u.requests + EXCLUDED.requests <= %s RETURNING u.requests"
+)
+_RELEASE = (
+    f"UPDATE {USAGE_TABLE} SET requests = GREATEST(requests - %s, 0) WHERE job_id = %s AND day = %s"
+)
+
+
+def _requests(conn: psycopg.Connection, job_id: str, day: date) -> int:
+    row = conn.execute(
+        f"SELECT requests FROM {USAGE_TABLE} WHERE job_id = %s AND day = %s", (job_id, day)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
 _DONE_CHUNK = 500_000
 _DONE_CHUNK_SQL = (
     "SELECT string_agg(uuid_send(artist_id), ''::bytea), "
@@ -281,12 +442,14 @@ def _commit_statement(table: TargetTable, *, skip_existing: bool) -> sql.Compose
         INSERT INTO {ledger} (
             job_id, artist_id, artist_name, artist_data, response_id, response_text,
             prompt_id, prompt_version, model, created, db_status,
-            input_tokens, output_tokens, total_tokens
+            input_tokens, output_tokens, total_tokens,
+            response_model, service_tier, cost_usd
         )
         SELECT %(job_id)s, %(artist_id)s, %(name)s, %(data)s, %(response_id)s, %(text)s,
                %(prompt_id)s, %(prompt_version)s, %(model)s, %(created)s,
                CASE WHEN EXISTS (SELECT 1 FROM upd) THEN 'updated' ELSE 'skipped' END,
-               %(tin)s, %(tout)s, %(ttotal)s
+               %(tin)s, %(tout)s, %(ttotal)s,
+               %(response_model)s, %(service_tier)s, %(cost)s::numeric(14,9)
         FROM guard
         ON CONFLICT (job_id, artist_id) DO NOTHING
         RETURNING {columns}
@@ -317,6 +480,9 @@ def _commit_params(bio: GeneratedBio, job: JobRef) -> dict[str, object]:
         "tin": bio.tokens.input_tokens,
         "tout": bio.tokens.output_tokens,
         "ttotal": bio.tokens.total_tokens,
+        "response_model": bio.model,
+        "service_tier": bio.service_tier,
+        "cost": _cost_param(bio.cost_usd),
     }
 
 

@@ -110,6 +110,8 @@ class TransactionLog:
             "input_tokens": outcome.tokens.input_tokens,
             "output_tokens": outcome.tokens.output_tokens,
             "total_tokens": outcome.tokens.total_tokens,
+            "model": outcome.model,
+            "cost_usd": outcome.cost_usd,
         }
         if outcome.status != "committed":
             event["reason"] = outcome.reason

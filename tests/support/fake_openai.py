@@ -11,12 +11,30 @@ Typical use::
         client = OpenAI(base_url=fake.base_url, api_key="test")
         ...
         assert fake.calls("Björk") == 2
+
+Rate limits the way OpenAI enforces them (off by default, see `FakeOpenAI.enforce`)::
+
+    fake.enforce(rpm=600, tpm=90_000, window=1.0, retry_after="ms")
+
+Each limit is a bucket holding `limit * window / 60` that refills continuously at `limit / 60`
+per second; a request is admitted only if both buckets have room for it (1 request, and the
+tokens its reply will be charged), else it gets a 429 `rate_limit_exceeded` and takes nothing.
+Every reply then carries `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers.
+
+429 storms and other fault mixes, deterministic for a seed (`FakeOpenAI(seed=...)`)::
+
+    fake.add_rule("rate_limit", fraction=0.3)  # 30% of requests
+    fake.add_rule("server_error", fraction=0.1)  # another 10%, not 10% of the other 70%
+    fake.add_rule("drop", every=20)  # every 20th request that gets this far
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
+import random
 import re
 import select
 import socket
@@ -26,13 +44,21 @@ import time
 import uuid
 import zlib
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-__all__ = ["FAULTS", "FakeOpenAI", "RequestRecord", "artist_name_from", "bio_for"]
+__all__ = [
+    "FAULTS",
+    "FakeOpenAI",
+    "RequestRecord",
+    "artist_name_from",
+    "bio_for",
+    "format_go_duration",
+    "tokens_for",
+]
 
 # Every fault `FakeOpenAI.add_rule` accepts.
 FAULTS: frozenset[str] = frozenset(
@@ -50,8 +76,21 @@ FAULTS: frozenset[str] = frozenset(
         "hang",
         "malformed",
         "drop",
+        "flex_unavailable",
     }
 )
+# Faults answered before the rate limiter: never turned away by it and never charged to it
+# (like the real API's auth and quota checks, and flex's "not charged" capacity refusal).
+_UNCHARGED: frozenset[str] = frozenset(
+    {"invalid_json", "rate_limit", "insufficient_quota", "unauthorized", "flex_unavailable"}
+)
+# Settings `FakeOpenAI.enforce` accepts.
+RETRY_AFTER_MODES: tuple[str | None, ...] = ("seconds", "ms", "both", "mixed", None)
+RESET_FORMATS: tuple[str, ...] = ("go", "seconds", "bare")
+HEADER_STYLES: tuple[str, ...] = ("truthful", "missing", "-1", "0", "garbage")
+_LIMITS_URL = "https://platform.openai.com/account/rate-limits"
+# Slack for float drift in bucket arithmetic (levels are sums of many small refills).
+_EPSILON = 1e-9
 
 CITATIONS_SUFFIX = "\n\nSources:\n- https://example.com/a\n- https://example.org/b"
 INPUT_TOKENS = 50
@@ -139,6 +178,17 @@ _ERRORS: dict[str, tuple[int, str, str | None, str | None, str]] = {
         None,
         "We could not parse the JSON body of your request.",
     ),
+    # Flex processing out of capacity. OpenAI documents it as "429 Resource Unavailable", not
+    # charged; the body's type and code here are this fake's choice (the real ones are not
+    # documented), chosen so it cannot be mistaken for `rate_limit_exceeded`.
+    "flex_unavailable": (
+        429,
+        "resource_unavailable",
+        "resource_unavailable",
+        None,
+        "Resource Unavailable: flex processing has no capacity for {model} right now. Retry "
+        "later, or send the request without service_tier='flex'.",
+    ),
 }
 
 
@@ -202,9 +252,69 @@ def artist_name_from(body: Any) -> str | None:
     return match.group(1) if match and match.group(1) else None
 
 
-def _response_payload(model: str, text: str) -> dict[str, Any]:
+def _output_tokens(text: str) -> int:
+    """Output tokens the fake bills for `text` (about 4 characters a token)."""
+    return len(text) // 4
+
+
+def _reply_text(fault: str, name: str | None, text: str | None = None) -> str:
+    """The text a reply under `fault` carries; for faults that do not answer with text, the
+    biography the request would have got (what the limiter charges, see `tokens_for`)."""
+    if fault == "empty":
+        return ""
+    reply = text if text is not None else bio_for(name)
+    return reply + CITATIONS_SUFFIX if fault == "citations" else reply
+
+
+def tokens_for(name: str | None, fault: str = "ok", text: str | None = None) -> int:
+    """Tokens one request for `name` costs: `INPUT_TOKENS` plus the output tokens of its reply.
+
+    This is the reply's `usage.total_tokens` and what the enforced TPM limit charges when the
+    request is admitted. `fault`/`text` are a rule's: "empty" replies cost only the input,
+    "citations" more, `text` replaces the biography; faults that answer no text (errors,
+    "hang", "drop", ...) are charged as the biography they would have returned.
+    """
+    return INPUT_TOKENS + _output_tokens(_reply_text(fault, name, text))
+
+
+def format_go_duration(seconds: float) -> str:
+    """`seconds` as OpenAI writes its reset headers: a Go `time.Duration` string to the ms.
+
+    Rounded up to the millisecond (waiting that long is always enough), then Go's shapes:
+    "0s", "12ms", "1s", "1.5s", "59.9s", "6m0s", "2m59.56s", "1h2m3s".
+    """
+    ms = max(0, math.ceil(seconds * 1000 - 1e-6))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    whole, frac = divmod(rest, 1000)
+    secs = f"{whole}.{frac:03d}".rstrip("0") if frac else f"{whole}"
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def _format_reset(seconds: float, style: str) -> str:
+    """A reset header value in `style` (see `RESET_FORMATS`)."""
+    if style == "go":
+        return format_go_duration(seconds)
+    value = f"{max(0, math.ceil(seconds * 1000 - 1e-6)) / 1000:g}"
+    return f"{value}s" if style == "seconds" else value
+
+
+def _echo_tier(tier: str | None) -> str:
+    """The `service_tier` a successful reply reports for a request that asked for `tier`."""
+    if tier in (None, "auto"):
+        return "default"
+    return "priority" if tier == "fast" else str(tier)
+
+
+def _response_payload(model: str, text: str, service_tier: str = "default") -> dict[str, Any]:
     """A completed Responses API object whose `output_text` is `text`."""
-    output_tokens = len(text) // 4
+    output_tokens = _output_tokens(text)
     return {
         "id": f"resp_{uuid.uuid4().hex}",
         "object": "response",
@@ -226,6 +336,7 @@ def _response_payload(model: str, text: str) -> dict[str, Any]:
         "parallel_tool_calls": True,
         "tool_choice": "auto",
         "tools": [],
+        "service_tier": service_tier,
         "usage": {
             "input_tokens": INPUT_TOKENS,
             "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
@@ -241,6 +352,11 @@ def _error_payload(fault: str, **fields: Any) -> dict[str, Any]:
     _, err_type, code, param, template = _ERRORS[fault]
     message = template.format(**fields)
     return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+
+
+def _check_choice(label: str, value: str | None, choices: tuple[str | None, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{label} must be one of {choices!r}, not {value!r}")
 
 
 def _wait_readable(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
@@ -259,17 +375,50 @@ def _wait_readable(socks: list[socket.socket], timeout: float) -> list[socket.so
     return [by_fd[fd] for fd, _ in poller.poll(max(timeout, 0.0) * 1000.0)]
 
 
+def _service_tier_of(body: Any) -> str | None:
+    """The `service_tier` a request body asks for, if it names one."""
+    tier = body.get("service_tier") if isinstance(body, dict) else None
+    return tier if isinstance(tier, str) else None
+
+
+def _retry_after_headers(wait: float, mode: str | None) -> dict[str, str]:
+    """Retry-After headers for a wait of `wait` seconds; `mode` as in `FakeOpenAI.enforce`."""
+    headers: dict[str, str] = {}
+    if mode in ("seconds", "both"):
+        headers["retry-after"] = str(max(1, math.ceil(wait - 1e-6)))
+    if mode in ("ms", "both"):
+        headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000 - 1e-6)))
+    return headers
+
+
 class RequestRecord(NamedTuple):
-    """One request as seen by the fake: artist name, fault applied, `time.monotonic()` arrival."""
+    """One request as seen by the fake.
+
+    `name`: the artist; `fault`: what it was answered with (see `FakeOpenAI.requests`); `at`:
+    `time.monotonic()` at arrival, which is also when the limiter decided on it;
+    `service_tier`: the request's `service_tier` (None if it sent none); `tokens`: tokens
+    charged for it (`tokens_for`), 0 for a request that was not charged.
+    """
 
     name: str | None
     fault: str
     at: float
+    service_tier: str | None = None
+    tokens: int = 0
+
+    @property
+    def limited(self) -> bool:
+        """True if the enforced limiter turned this request away (see `FakeOpenAI.enforce`)."""
+        return self.fault.startswith("limit_")
 
 
 @dataclass
 class _Rule:
-    """A scripted fault; `remaining` None means it never runs out."""
+    """A scripted fault; `remaining` None means it never runs out.
+
+    `every`/`fraction` make it fire on only some of the requests it matches (see `add_rule`);
+    `seen` counts the matching requests that reached it, for `every`.
+    """
 
     fault: str
     name: str | None
@@ -277,19 +426,142 @@ class _Rule:
     retry_after: float | None
     delay: float | None
     text: str | None
+    every: int | None = None
+    fraction: float | None = None
+    seen: int = 0
 
-    def matches(self, name: str | None) -> bool:
-        return self.name is None or self.name == name
+    def matches(self, name: str | None, tier: str | None) -> bool:
+        if self.name is not None and self.name != name:
+            return False
+        return self.fault != "flex_unavailable" or tier == "flex"
+
+
+@dataclass(frozen=True)
+class _Rejection:
+    """Why the limiter turned a request away, for its 429 body and Retry-After headers."""
+
+    kind: str  # "requests" or "tokens": the limit that was short
+    limit: int  # that limit, per minute
+    used: int  # how much of it was used, per minute (limit - remaining)
+    requested: int
+    wait: float  # seconds until the request would fit (inf: it never will)
+    retry_after: str | None  # "seconds", "ms", "both" or None: the headers to send
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """What one request will get: the fault plus the parameters of the rule that chose it."""
+    """What one request will get: the fault plus the parameters of the rule that chose it.
+
+    `headers` are the x-ratelimit-* headers (empty when no limit is enforced), `rejection` is
+    set when the limiter refused the request (then `fault` is "limit_requests"/"limit_tokens").
+    """
 
     fault: str
     retry_after: float | None = None
     delay: float | None = None
     text: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    rejection: _Rejection | None = None
+    tokens: int = 0
+
+
+class _Bucket:
+    """One per-minute limit as a bucket: holds `limit * window / 60`, refills `limit / 60`/s."""
+
+    def __init__(self, limit: int, window: float, now: float) -> None:
+        self.limit = limit
+        self.capacity = limit * window / 60.0
+        self.rate = limit / 60.0
+        self.level = self.capacity
+        self._at = now
+
+    def refill(self, now: float) -> None:
+        if now > self._at:
+            self.level = min(self.capacity, self.level + (now - self._at) * self.rate)
+            self._at = now
+
+    def has_room(self, amount: int) -> bool:
+        return self.level + _EPSILON >= amount
+
+    def wait_for(self, amount: int) -> float:
+        """Seconds until `amount` fits (inf if it never can)."""
+        if amount > self.capacity + _EPSILON:
+            return math.inf
+        return max(0.0, (amount - self.level) / self.rate)
+
+    @property
+    def remaining(self) -> int:
+        """The level scaled to the per-minute limit (remaining / limit = fill fraction)."""
+        return max(0, math.floor(self.level / self.capacity * self.limit + 1e-6))
+
+    @property
+    def reset(self) -> float:
+        """Seconds until the bucket is full again."""
+        return max(0.0, (self.capacity - self.level) / self.rate)
+
+
+class _Limiter:
+    """The limits `FakeOpenAI.enforce` set; used only under the fake's lock."""
+
+    def __init__(
+        self,
+        rpm: int | None,
+        tpm: int | None,
+        *,
+        window: float,
+        retry_after: str | None,
+        reset_format: str,
+        headers: str,
+        now: float,
+    ) -> None:
+        self.buckets: dict[str, _Bucket] = {}
+        if rpm is not None:
+            self.buckets["requests"] = _Bucket(rpm, window, now)
+        if tpm is not None:
+            self.buckets["tokens"] = _Bucket(tpm, window, now)
+        self._retry_after = retry_after
+        self._mixed = itertools.cycle(("seconds", "ms", None))
+        self._reset_format = reset_format
+        self._style = headers
+
+    def admit(self, now: float, tokens: int) -> _Rejection | None:
+        """Take 1 request and `tokens` tokens if every bucket has room; else take nothing."""
+        need = {"requests": 1, "tokens": tokens}
+        for bucket in self.buckets.values():
+            bucket.refill(now)
+        short = [kind for kind, bucket in self.buckets.items() if not bucket.has_room(need[kind])]
+        if not short:
+            for kind, bucket in self.buckets.items():
+                bucket.level = max(0.0, bucket.level - need[kind])
+            return None
+        waits = {kind: self.buckets[kind].wait_for(need[kind]) for kind in short}
+        # A request that can never fit is named for that; else requests before tokens, like
+        # the real API's messages. The wait is until every short bucket has room.
+        kind = next((k for k in short if math.isinf(waits[k])), short[0])
+        bucket = self.buckets[kind]
+        wait = max(waits.values())
+        mode = next(self._mixed) if self._retry_after == "mixed" else self._retry_after
+        used = bucket.limit - bucket.remaining
+        return _Rejection(kind, bucket.limit, used, need[kind], wait, mode)
+
+    def headers(self) -> dict[str, str]:
+        """The x-ratelimit-* headers for the buckets' current state, in the configured style."""
+        if self._style == "missing":
+            return {}
+        out: dict[str, str] = {}
+        for kind, bucket in self.buckets.items():
+            values = (
+                str(bucket.limit),
+                str(bucket.remaining),
+                _format_reset(bucket.reset, self._reset_format),
+            )
+            if self._style in ("-1", "0"):
+                values = (self._style,) * 3
+            elif self._style == "garbage":
+                values = ("unlimited", "n/a", "soon")
+            for part, value in zip(("limit", "remaining", "reset"), values, strict=True):
+                out[f"x-ratelimit-{part}-{kind}"] = value
+        return out
 
 
 class _Server(ThreadingHTTPServer):
@@ -358,10 +630,11 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         fake = self.server.fake
         name = artist_name_from(body)
-        plan = fake._begin(name, parseable=isinstance(body, dict))
+        plan = fake._begin(name, body)
         self._name, self._pending = name, True
         try:
-            if fake._wait_gate() and self._pause(fake.latency):
+            # The limiter's 429s come from the gateway: at once, without the model's latency.
+            if fake._wait_gate() and (plan.rejection is not None or self._pause(fake.latency)):
                 self._serve(plan, body, name)
         finally:
             self._settle(success=False)
@@ -449,26 +722,24 @@ class _Handler(BaseHTTPRequestHandler):
         """Answer the request as `plan` says."""
         model = body.get("model") if isinstance(body, dict) else None
         model = model if isinstance(model, str) and model else "fake-model"
-        if plan.fault == "drop":
+        if plan.rejection is not None:
+            self._limited(plan.rejection, plan.headers, model)
+        elif plan.fault == "drop":
             self._drop()
         elif plan.fault == "malformed":
-            self._malformed()
+            self._malformed(plan.headers)
         elif plan.fault in _ERRORS:
             self._error(plan, body, name, model)
         elif plan.fault == "hang" and not self._pause(plan.delay or DEFAULT_HANG_SECONDS):
             return
         else:
-            self._success(plan, name, model)
+            self._success(plan, body, name, model)
 
-    def _success(self, plan: _Plan, name: str | None, model: str) -> None:
-        if plan.fault == "empty":
-            text = ""
-        else:
-            text = plan.text if plan.text is not None else bio_for(name)
-            if plan.fault == "citations":
-                text += CITATIONS_SUFFIX
+    def _success(self, plan: _Plan, body: Any, name: str | None, model: str) -> None:
+        text = _reply_text(plan.fault, name, plan.text)
+        tier = _echo_tier(_service_tier_of(body))
         self._settle(success=True)
-        self._send_json(200, _response_payload(model, text))
+        self._send_json(200, _response_payload(model, text, tier), plan.headers)
 
     def _error(self, plan: _Plan, body: Any, name: str | None, model: str) -> None:
         prompt = body.get("prompt") if isinstance(body, dict) else None
@@ -477,13 +748,40 @@ class _Handler(BaseHTTPRequestHandler):
         payload = _error_payload(
             plan.fault, model=model, name=name, prompt_id=prompt_id or "x", retry_after=wait
         )
-        # Deliberately no `retry-after-ms`: the SDK prefers it, and tests script Retry-After.
-        headers = {"Retry-After": wait} if plan.fault == "rate_limit" else None
+        headers = dict(plan.headers)
+        if plan.fault == "rate_limit":
+            # Deliberately no `retry-after-ms`: the SDK prefers it, and tests script Retry-After.
+            headers["Retry-After"] = wait
         self._send_json(_ERRORS[plan.fault][0], payload, headers)
 
-    def _malformed(self) -> None:
+    def _limited(self, rejection: _Rejection, headers: dict[str, str], model: str) -> None:
+        """The 429 the limiter sends: which limit, how much of it is used, when to retry."""
+        per_min = (
+            "requests per min (RPM)" if rejection.kind == "requests" else "tokens per min (TPM)"
+        )
+        if math.isinf(rejection.wait):
+            message = (
+                f"Request too large for {model} in organization org-fake on {per_min}: "
+                f"Limit {rejection.limit}, Requested {rejection.requested}. The input or output "
+                f"tokens must be reduced in order to run successfully. Visit {_LIMITS_URL} to "
+                "learn more."
+            )
+        else:
+            message = (
+                f"Rate limit reached for {model} in organization org-fake on {per_min}: "
+                f"Limit {rejection.limit}, Used {rejection.used}, Requested "
+                f"{rejection.requested}. Please try again in {format_go_duration(rejection.wait)}. "
+                f"Visit {_LIMITS_URL} to learn more."
+            )
+            headers = {**headers, **_retry_after_headers(rejection.wait, rejection.retry_after)}
+        error = {"message": message, "type": rejection.kind, "param": None}
+        self._send_json(429, {"error": {**error, "code": "rate_limit_exceeded"}}, headers)
+
+    def _malformed(self, headers: dict[str, str]) -> None:
         # Claims to be JSON but is cut off mid-object, like a proxy truncating a reply.
-        self._send_bytes(200, b'{"id": "resp_truncated", "object": "response", "outp')
+        self._send_bytes(
+            200, b'{"id": "resp_truncated", "object": "response", "outp', headers=headers
+        )
 
     def _drop(self) -> None:
         # No status line, no headers: the socket is shut down when the handler returns.
@@ -497,14 +795,22 @@ class FakeOpenAI:
     Point the SDK at it with `OpenAI(base_url=fake.base_url, api_key="test")`.
 
     Attributes:
-        latency: seconds every request waits (after the gate) before it is answered.
+        latency: seconds every request waits (after the gate) before it is answered; the
+            enforced limiter's 429s do not wait it (the real API refuses at its gateway).
     """
 
-    def __init__(self, *, latency: float = 0.0) -> None:
-        """Create a stopped fake; call `start()` or use it as a context manager."""
+    def __init__(self, *, latency: float = 0.0, seed: int = 0) -> None:
+        """Create a stopped fake; call `start()` or use it as a context manager.
+
+        `seed` seeds the draws of `fraction` rules (see `add_rule`, `reseed`).
+        """
         self.latency = latency
         self._lock = threading.Condition()
         self._rules: list[_Rule] = []
+        self._seed = seed
+        self._rng = random.Random(seed)
+        self._limiter: _Limiter | None = None
+        self._rate_limited: Counter[str] = Counter()
         self._calls: Counter[str | None] = Counter()
         self._succeeded: Counter[str | None] = Counter()
         self._records: deque[RequestRecord] = deque(maxlen=_MAX_RECORDS)
@@ -589,6 +895,8 @@ class FakeOpenAI:
         retry_after: float | None = None,
         delay: float | None = None,
         text: str | None = None,
+        every: int | None = None,
+        fraction: float | None = None,
     ) -> None:
         """Apply `fault` to requests for artist `name` (every request if None).
 
@@ -596,20 +904,116 @@ class FakeOpenAI:
         checked in the order added and the first match wins. `retry_after` is the
         Retry-After of "rate_limit" (default 1 s), `delay` how long "hang" waits (default
         3600 s) and `text` replaces the biography of "ok"/"citations" replies.
+
+        "flex_unavailable" (429, type and code "resource_unavailable", message "Resource
+        Unavailable: ...", no Retry-After, not charged) matches only requests whose body
+        has `"service_tier": "flex"`; other requests pass it by.
+
+        Storms: with `every=N` the rule fires on every Nth matching request that reaches it
+        (the Nth, 2Nth, ...); with `fraction=F` on a share F of them. Each request draws one
+        number from the fake's seeded RNG and the `fraction` rules it matches split [0, 1)
+        in the order added, so fractions add up: rate_limit 0.3 then server_error 0.1 is
+        30% + 10% of the requests, not 10% of the 70% left. A request a storm rule does not
+        fire on goes on to the next rule. `times` then counts firings.
+
+        With `FakeOpenAI.enforce` on, a request the limiter turns away uses up no `times`.
         """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
         if times is not None and times < 0:
             raise ValueError("times must be >= 0 or None")
+        if every is not None and every < 1:
+            raise ValueError("every must be >= 1 or None")
+        if fraction is not None and not 0.0 < fraction <= 1.0:
+            raise ValueError("fraction must be in (0, 1] or None")
+        if every is not None and fraction is not None:
+            raise ValueError("give every or fraction, not both")
         if times == 0:
             return
+        rule = _Rule(fault, name, times, retry_after, delay, text, every, fraction)
         with self._lock:
-            self._rules.append(_Rule(fault, name, times, retry_after, delay, text))
+            self._rules.append(rule)
 
     def clear_rules(self) -> None:
         """Forget every rule: all later requests succeed normally."""
         with self._lock:
             self._rules.clear()
+
+    def reseed(self, seed: int) -> None:
+        """Restart the draws of `fraction` rules from `seed` (`reset()`: the constructor's)."""
+        with self._lock:
+            self._rng = random.Random(seed)
+
+    def enforce(
+        self,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        *,
+        window: float = 1.0,
+        retry_after: str | None = "seconds",
+        reset_format: str = "go",
+        headers: str = "truthful",
+    ) -> None:
+        """Enforce OpenAI-style rate limits from now on; `enforce(None)` turns them off.
+
+        `rpm`/`tpm` are per-minute limits (None: that limit is not enforced). Each is a bucket
+        holding `limit * window / 60` (600 RPM with `window=1.0` holds 10 requests) that
+        refills continuously at `limit / 60` per second; both start full, and calling
+        `enforce` again refills them. A request that reaches the limiter (every fault but
+        the uncharged ones: invalid JSON, "rate_limit", "insufficient_quota", "unauthorized",
+        "flex_unavailable") is admitted, on arrival, if each bucket holds what it costs (1
+        request; `tokens_for` its reply); admitting takes that from both. Otherwise it gets,
+        at once, a 429 `{"type": "requests"|"tokens", "code": "rate_limit_exceeded"}` whose
+        message names the limit like OpenAI's ("Rate limit reached for <model> in
+        organization org-fake on requests per min (RPM): Limit 600, Used 600, Requested 1.
+        Please try again in 100ms. ..."), and takes nothing, from the buckets nor from rules.
+        A request larger than the whole token bucket gets "Request too large ..." (no retry
+        headers: waiting will not help).
+
+        Every reply to /v1/responses then carries, per enforced limit (`-requests`,
+        `-tokens`), as of that request's admission:
+        `x-ratelimit-limit-*` the per-minute limit; `x-ratelimit-remaining-*` the bucket's
+        content scaled to the minute (an integer; remaining / limit is how full it is);
+        `x-ratelimit-reset-*` the time until it is full again, in `reset_format`:
+        "go" (OpenAI's Go durations: "0s", "12ms", "1.5s", "6m0s", "2m59.56s", "1h2m3s"),
+        "seconds" ("0.012s", "360s") or "bare" (no unit: "0.012", "360").
+        `headers` breaks them the way some compatible servers do: "truthful" (default),
+        "missing" (none sent), "-1" or "0" (every value that), "garbage" (limit
+        "unlimited", remaining "n/a", reset "soon").
+
+        `retry_after` picks the limiter's 429 retry headers: "seconds" (`retry-after`, whole
+        seconds rounded up, at least 1), "ms" (`retry-after-ms` only, rounded up), "both",
+        None (neither), or "mixed" (seconds, ms, none in turn, like a real API that sends
+        them sometimes).
+
+        Admission is decided under the fake's lock in arrival order, without queueing, so it
+        stays exact with 1,024 concurrent connections; as on the real API, a request costing
+        many tokens can be starved by cheaper ones.
+        """
+        if rpm is None and tpm is None:
+            with self._lock:
+                self._limiter = None
+            return
+        for label, limit in (("rpm", rpm), ("tpm", tpm)):
+            if limit is not None and limit < 1:
+                raise ValueError(f"{label} must be >= 1 or None")
+        if not window > 0:
+            raise ValueError("window must be > 0 seconds")
+        if rpm is not None and rpm * window / 60.0 < 1.0:
+            raise ValueError(f"rpm={rpm} with window={window}s holds no whole request")
+        _check_choice("retry_after", retry_after, RETRY_AFTER_MODES)
+        _check_choice("reset_format", reset_format, RESET_FORMATS)
+        _check_choice("headers", headers, HEADER_STYLES)
+        with self._lock:
+            self._limiter = _Limiter(
+                rpm,
+                tpm,
+                window=window,
+                retry_after=retry_after,
+                reset_format=reset_format,
+                headers=headers,
+                now=time.monotonic(),
+            )
 
     def hold(self) -> None:
         """Make requests block (after being counted) until `release()` or `stop()`."""
@@ -628,8 +1032,11 @@ class FakeOpenAI:
             return self._lock.wait_for(lambda: self._total >= n, timeout=timeout)
 
     def reset(self) -> None:
-        """Back to a fresh state: no rules, no latency, gate open, counts zeroed."""
+        """Back to a fresh state: no rules, no limits, no latency, gate open, counts zeroed,
+        `fraction` draws restarted from the seed."""
         self.clear_rules()
+        self.enforce(None)
+        self.reseed(self._seed)
         self.release()
         self.latency = 0.0
         self.reset_counts()
@@ -653,11 +1060,25 @@ class FakeOpenAI:
             return self._succeeded[name]
 
     @property
-    def requests(self) -> list[RequestRecord]:
-        """A copy of the request log as `(name, fault, monotonic time)` records, oldest first.
+    def rate_limited(self) -> int:
+        """429 `rate_limit_exceeded` replies decided (limiter and "rate_limit" rules)."""
+        with self._lock:
+            return self._rate_limited.total()
 
-        `fault` is the scripted fault, "ok" when no rule matched, or "invalid_json" for a
-        body that was not a JSON object. Only the latest 100,000 requests are kept.
+    @property
+    def rate_limited_by(self) -> dict[str, int]:
+        """`rate_limited` split by cause: "requests"/"tokens" (the limiter's buckets) and "rule"."""
+        with self._lock:
+            return {key: self._rate_limited[key] for key in ("requests", "tokens", "rule")}
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """A copy of the request log (`RequestRecord`s), oldest first.
+
+        `fault` is the scripted fault, "ok" when no rule matched, "invalid_json" for a
+        body that was not a JSON object, or "limit_requests"/"limit_tokens" when the enforced
+        limiter turned the request away (`record.limited`). Only the latest 100,000 requests
+        are kept.
         """
         with self._lock:
             return list(self._records)
@@ -680,33 +1101,87 @@ class FakeOpenAI:
             self._total = 0
             self._calls.clear()
             self._succeeded.clear()
+            self._rate_limited.clear()
             self._records.clear()
             self._concurrent_max = self._in_flight
 
     # -- used by the handler --------------------------------------------------------------------
 
-    def _begin(self, name: str | None, *, parseable: bool) -> _Plan:
-        """Count an arriving request and pick (consuming) the rule that applies to it."""
+    def _begin(self, name: str | None, body: Any) -> _Plan:
+        """Count an arriving request and decide its answer: rule, then limiter."""
+        tier = _service_tier_of(body)
         with self._lock:
-            plan = self._take_rule(name) if parseable else _Plan("invalid_json")
+            # Read the clock under the lock, so decisions and records are in time order.
+            now = time.monotonic()
+            plan = self._decide(name, tier, now) if isinstance(body, dict) else None
+            if plan is None:
+                plan = _Plan("invalid_json", headers=self._limit_headers())
             self._total += 1
             self._calls[name] += 1
-            self._records.append(RequestRecord(name, plan.fault, time.monotonic()))
+            self._records.append(RequestRecord(name, plan.fault, now, tier, plan.tokens))
             self._in_flight += 1
             self._concurrent_max = max(self._concurrent_max, self._in_flight)
             self._lock.notify_all()
             return plan
 
-    def _take_rule(self, name: str | None) -> _Plan:
+    def _decide(self, name: str | None, tier: str | None, now: float) -> _Plan:
+        """Pick the rule for a request, let the limiter admit or refuse it (lock held)."""
+        index = self._match_rule(name, tier)
+        rule = self._rules[index] if index is not None else None
+        plan = (
+            _Plan("ok")
+            if rule is None
+            else _Plan(rule.fault, rule.retry_after, rule.delay, rule.text)
+        )
+        charged = plan.fault not in _UNCHARGED
+        tokens = tokens_for(name, plan.fault, plan.text) if charged else 0
+        limiter = self._limiter
+        if limiter is not None and charged:
+            rejection = limiter.admit(now, tokens)
+            if rejection is not None:
+                self._rate_limited[rejection.kind] += 1
+                fault = f"limit_{rejection.kind}"
+                return _Plan(fault, headers=limiter.headers(), rejection=rejection)
+        if index is not None:
+            self._use_rule(index)
+        if plan.fault == "rate_limit":
+            self._rate_limited["rule"] += 1
+        return _Plan(
+            plan.fault,
+            plan.retry_after,
+            plan.delay,
+            plan.text,
+            headers=self._limit_headers(),
+            tokens=tokens,
+        )
+
+    def _match_rule(self, name: str | None, tier: str | None) -> int | None:
+        """Index of the first rule that fires for this request (lock held)."""
+        draw = self._rng.random()  # one per request, so the sequence depends on arrivals only
+        edge = 0.0  # the fraction rules matched so far own [0, edge)
         for index, rule in enumerate(self._rules):
-            if not rule.matches(name):
+            if not rule.matches(name, tier):
                 continue
-            if rule.remaining is not None:
-                rule.remaining -= 1
-                if rule.remaining <= 0:
-                    del self._rules[index]
-            return _Plan(rule.fault, rule.retry_after, rule.delay, rule.text)
-        return _Plan("ok")
+            if rule.every is not None:
+                rule.seen += 1
+                if rule.seen % rule.every:
+                    continue
+            elif rule.fraction is not None:
+                start, edge = edge, edge + rule.fraction
+                if not start <= draw < edge:
+                    continue
+            return index
+        return None
+
+    def _use_rule(self, index: int) -> None:
+        rule = self._rules[index]
+        if rule.remaining is not None:
+            rule.remaining -= 1
+            if rule.remaining <= 0:
+                del self._rules[index]
+
+    def _limit_headers(self) -> dict[str, str]:
+        return self._limiter.headers() if self._limiter is not None else {}
 
     def _end(self, name: str | None, *, success: bool) -> None:
         with self._lock:

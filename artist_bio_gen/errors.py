@@ -17,6 +17,34 @@ class InputFileError(ArtistBioGenError):
     exit_code = exit_codes.EXIT_INPUT_FILE_ERROR
 
 
+# The legacy functions raised the built-in errors; these are both, so callers that catch
+# FileNotFoundError (or UnicodeDecodeError ...) and callers that catch the tool's errors
+# both keep working.
+
+
+class InputFileNotFoundError(InputFileError, FileNotFoundError):
+    """The input CSV does not exist."""
+
+
+class InputIsADirectoryError(InputFileError, IsADirectoryError):
+    """The input path is a directory."""
+
+
+class InputPermissionError(InputFileError, PermissionError):
+    """The input CSV may not be read."""
+
+
+class InputEncodingError(InputFileError, UnicodeDecodeError):
+    """The input CSV is not UTF-8 (e.g. UTF-16, as spreadsheets save "Unicode text")."""
+
+    def __init__(self, message: str, encoding: str, data: bytes, start: int, reason: str):
+        UnicodeDecodeError.__init__(self, encoding, data, start, start + 1, reason)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class UsageError(ArtistBioGenError):
     """A bad path or a contradictory combination of options."""
 

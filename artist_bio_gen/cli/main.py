@@ -15,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import NoReturn
 
 from .. import exit_codes
 from ..api.request import SERVICE_TIERS
@@ -313,15 +314,44 @@ def _bool_arg(text: str) -> bool:
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``artist-bio-gen``; returns the exit code."""
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of ``artist-bio-gen``: runs the command and exits with its code.
+
+    Like the legacy ``main``, it raises ``SystemExit`` (scripts calling it rely on that);
+    ``run_command`` returns the code instead.
+    """
+    raise SystemExit(run_command(argv))
+
+
+def run_command(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     # Logging first, so that even an option error is reported the same way (and scrubbed).
     setup_logging("--verbose" in args_list, secrets=_secret_arguments(args_list))
     if args_list[:1] == ["verify"]:
         return _guarded(lambda: run_verify(args_list[1:]), "--verbose" in args_list)
     args = create_argument_parser().parse_args(args_list)
+    _notice_changed_flags(args_list)
     return _guarded(lambda: _run(args), args.verbose)
+
+
+#: Legacy flags that are accepted but behave differently now: one line on what changed.
+CHANGED_FLAGS = {
+    "--enable-db": "the database is used whenever DATABASE_URL or --db-url is set (--no-db "
+    "turns it off); --enable-db now only makes a missing URL an error",
+    "--pause-duration": "it is now the longest rate-limit wait before the run ends as "
+    "resumable (exit 7), not a fixed pause; cron's next --resume continues",
+    "--daily-limit": "when today's requests are spent the run ends (exit 7) instead of "
+    "pausing; the next --resume on another UTC day continues",
+}
+
+
+def _notice_changed_flags(args: list[str]) -> None:
+    """One notice per legacy flag whose behaviour changed (see ``CHANGED_FLAGS``)."""
+    given = {arg.split("=", 1)[0] for arg in args if arg.startswith("--")}
+    for flag, change in CHANGED_FLAGS.items():
+        if flag in given:
+            logger.warning("notice: %s: %s.", flag, change)
 
 
 def _secret_arguments(args: list[str]) -> list[str]:
@@ -490,4 +520,4 @@ def _flush_and_exit(code: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

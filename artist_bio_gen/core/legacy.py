@@ -28,6 +28,7 @@ from .reader import ArtistReader
 
 # Each function logs under its legacy module's name, which scripts may be watching.
 _parser_logger = logging.getLogger("artist_bio_gen.core.parser")
+_output_logger = logging.getLogger("artist_bio_gen.core.output")
 
 
 def parse_input_file(
@@ -68,10 +69,15 @@ def append_jsonl_response(
 ) -> None:
     """Append one response to ``output_path`` safely.
 
-    Opens and closes the file on every call; long runs use ``JsonlWriter`` directly.
+    Opens and closes the file on every call; long runs use ``JsonlWriter`` directly. With
+    ``create_if_missing`` the file's directory is created too, as the legacy function did.
     """
-    with JsonlWriter(output_path, create=create_if_missing) as writer:
+    path = Path(output_path)
+    if create_if_missing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with JsonlWriter(path, create=create_if_missing) as writer:
         writer.append_line(_line(response, prompt_id, version))
+    _output_logger.debug("Appended the response for %s to %s", response.artist_id, path)
 
 
 def write_jsonl_output(
@@ -85,9 +91,12 @@ def write_jsonl_output(
     Unlike the legacy function it appends through the safe path and never truncates an
     existing file, so no committed line can be lost by calling it.
     """
+    count = 0
     with JsonlWriter(output_path) as writer:
         for response in responses:
             writer.append_line(_line(response, prompt_id, version))
+            count += 1
+    _output_logger.info("Wrote %d responses to %s", count, output_path)
 
 
 def initialize_jsonl_output(
@@ -104,6 +113,7 @@ def initialize_jsonl_output(
     if overwrite_existing and path.exists() and path.stat().st_size > 0:
         moved = move_aside(path)
     os.close(open_append(path, create=True))
+    _output_logger.info("Initialized JSONL output %s", path)
     return moved
 
 
@@ -115,7 +125,9 @@ def get_processed_artist_ids(output_path: str | Path) -> set[str]:
     path = Path(output_path)
     if not path.exists():
         return set()
-    return {str(r["artist_id"]) for r in iter_records(path) if "artist_id" in r and line_is_done(r)}
+    done = {str(r["artist_id"]) for r in iter_records(path) if "artist_id" in r and line_is_done(r)}
+    _output_logger.info("Found %d processed artists in %s", len(done), path)
+    return done
 
 
 def update_artist_bio(

@@ -41,8 +41,15 @@ from collections.abc import Container, Generator, Iterator
 from types import TracebackType
 from typing import TextIO
 
-from ..errors import InputFileError
+from ..errors import (
+    InputEncodingError,
+    InputFileError,
+    InputFileNotFoundError,
+    InputIsADirectoryError,
+    InputPermissionError,
+)
 from ..models import ArtistData
+from ..utils.encoding import SAMPLE_BYTES, encoding_problem
 from ..utils.uuidset import UuidSet
 
 # The legacy name: the input parser was ``core/parser.py``, and scripts that watch its
@@ -105,23 +112,20 @@ def _parse_fields(fields: list[str]) -> ArtistData:
 def _open_input(path: str) -> TextIO:
     """Open the input CSV or raise ``InputFileError`` saying what is wrong and what to do."""
     try:
+        _check_encoding(path)
         # utf-8-sig drops a BOM; newline="" lets csv handle CRLF and newlines in quotes;
         # surrogateescape turns bad bytes into markers so one bad line is just one bad row.
         return open(path, encoding="utf-8-sig", newline="", errors="surrogateescape")
     except FileNotFoundError as exc:
-        raise InputFileError(
+        raise InputFileNotFoundError(
             f"Input file '{path}' does not exist; check the --input path."
         ) from exc
     except IsADirectoryError as exc:
-        raise InputFileError(
-            f"Input file '{path}' is a directory; pass the path of a CSV file with --input."
-        ) from exc
+        raise InputIsADirectoryError(_is_a_directory(path)) from exc
     except PermissionError as exc:
         if os.path.isdir(path):  # Windows reports a directory as permission denied
-            raise InputFileError(
-                f"Input file '{path}' is a directory; pass the path of a CSV file with --input."
-            ) from exc
-        raise InputFileError(
+            raise InputIsADirectoryError(_is_a_directory(path)) from exc
+        raise InputPermissionError(
             f"Input file '{path}' cannot be read (permission denied); "
             "fix its permissions or run as a user who can read it."
         ) from exc
@@ -129,6 +133,28 @@ def _open_input(path: str) -> TextIO:
         raise InputFileError(
             f"Input file '{path}' cannot be opened ({exc.strerror or exc}); check the --input path."
         ) from exc
+
+
+def _is_a_directory(path: str) -> str:
+    return f"Input file '{path}' is a directory; pass the path of a CSV file with --input."
+
+
+def _check_encoding(path: str) -> None:
+    """Refuse a file that is not UTF-8 at all (see ``utils/encoding.py``)."""
+    with open(path, "rb") as handle:
+        sample = handle.read(SAMPLE_BYTES + 1)
+    complete = len(sample) <= SAMPLE_BYTES
+    problem = encoding_problem(sample[:SAMPLE_BYTES], complete=complete)
+    if problem is None:
+        return
+    raise InputEncodingError(
+        f"Input file '{path}' is not UTF-8: it looks like {problem.looks_like}; save it as "
+        'UTF-8 (in a spreadsheet: "CSV UTF-8") and run again.',
+        "utf-8",
+        sample[problem.offset : problem.offset + 1],
+        0,
+        f"not UTF-8 text ({problem.looks_like})",
+    )
 
 
 class ArtistReader:

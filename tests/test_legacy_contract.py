@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from artist_bio_gen import exit_codes
 from artist_bio_gen.errors import ArtistBioGenError, InputFileError
 
 from .support.checks import assert_mirror, read_jsonl
-from .support.cli import TEST_API_KEY, MakeJob, cli_env
+from .support.cli import TEST_API_KEY, MakeJob, cli_env, logging_restored
 from .support.database import TestDatabase
 from .support.fake_openai import FakeOpenAI
 
@@ -321,6 +322,14 @@ def test_strip_trailing_citations_legacy_cases(text: str, expected: str) -> None
 # -- main() and the command line --------------------------------------------------------------
 
 
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """``main`` sets up logging for the process; the next test must not inherit it."""
+    with logging_restored():
+        yield
+
+
+@pytest.mark.usefixtures("restored_logging")
 def test_main_exits_with_the_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Like the legacy main, ``main()`` raises SystemExit: 0 for a dry run, 1 for a missing
     input file."""
@@ -354,6 +363,7 @@ def test_every_legacy_flag_is_accepted() -> None:
     assert (args.quota_monitoring, args.daily_limit, args.pause_duration) == (False, 100, 2.0)
 
 
+@pytest.mark.usefixtures("restored_logging")
 @pytest.mark.parametrize("flag", ["--enable-db", "--pause-duration", "--daily-limit"])
 def test_a_flag_whose_behaviour_changed_prints_a_notice(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str

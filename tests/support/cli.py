@@ -78,7 +78,7 @@ def run_in_process(args: Sequence[str], *, env: EnvOverrides | None = None) -> C
     with (
         _no_threads_left(args),
         pytest.MonkeyPatch.context() as patch,
-        _logging_restored(),
+        logging_restored(),
         _signal_handlers_restored(),
         _hard_exit_refused(),
         contextlib.redirect_stdout(stdout),
@@ -208,7 +208,7 @@ def _loggers() -> dict[str, logging.Logger]:
 
 
 @contextlib.contextmanager
-def _logging_restored() -> Iterator[None]:
+def logging_restored() -> Iterator[None]:
     """Every logger's level, handlers and propagation as before the run.
 
     ``main`` puts a handler on the root logger that writes to the ``sys.stderr`` of the

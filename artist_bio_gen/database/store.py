@@ -127,6 +127,16 @@ class BioStore:
         # Composed once: building the statement per commit would cost CPU on the hot path.
         self._statements = _Statements(table) if table is not None else None
 
+    @property
+    def pool(self) -> ConnectionPool:
+        """The connection pool (shared with ``database/batches.BatchStore``)."""
+        return self._pool
+
+    def retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        """``attempt()``, retried while the database is unreachable (as every read here);
+        ``attempt`` must be safe to repeat after a connection lost during its COMMIT."""
+        return self._with_retries(what, attempt)
+
     def _sql(self) -> _Statements:
         if self._statements is None:
             raise RuntimeError("this BioStore was opened without a target table")

@@ -20,7 +20,11 @@ import pytest
 from artist_bio_gen import exit_codes
 from artist_bio_gen.api.batches import CHUNK_KEY, JOB_KEY
 from artist_bio_gen.api.request import PromptSettings, build_request
-from artist_bio_gen.models import ArtistData
+from artist_bio_gen.cli.main import create_argument_parser, exit_code_for
+from artist_bio_gen.config import load_environment, resolve_config
+from artist_bio_gen.core.processor import RunControl, Tally
+from artist_bio_gen.core.runner import run_job
+from artist_bio_gen.models import ArtistData, Outcome
 
 from .support.checks import assert_legacy_record, assert_mirror, read_jsonl
 from .support.cli import CliResult, Job, MakeJob
@@ -538,6 +542,68 @@ def test_limit_max_cost_and_daily_limit_cap_what_a_run_submits(make_job: MakeJob
     ok(resume(job, "--daily-limit", "40", "--max-cost", "0.01"))
     ok(resume(job))
     assert_complete(job)
+
+
+def test_limit_holds_for_every_round_of_a_waiting_run(make_job: MakeJob) -> None:
+    job = make_job(4, seed=104)
+    for artist in job.artists[:2]:  # unanswered in the first batch: submitted again
+        job.fake.add_rule("hang", name=artist.name, times=1)
+    result = start(job, "--limit", "5", "--batch-wait", "30", env=FAST_POLL)
+    ok(result, exit_codes.EXIT_LIMIT_REACHED)
+    assert job.database is not None
+    submitted = [row["requests"] for row in batch_rows(job.database)]
+    assert submitted == [4, 1], "4 in the first round, 1 more in the second, then the limit"
+
+
+def test_skip_existing_submits_only_artists_whose_row_has_no_bio(make_job: MakeJob) -> None:
+    job = make_job(10, seed=102, seeded=7)  # the last three have no row
+    db = job.database
+    assert db is not None
+    for artist in job.artists[:2]:
+        db.execute("UPDATE artists SET bio = 'kept' WHERE id = %s", (artist.artist_id,))
+    job.fake.batches.script(polls=1)
+    result = ok(start(job, "--skip-existing"))
+    assert "skipped           5" in result.stderr
+    (batch,) = job.fake.batches.batches
+    assert ids_in(job.fake, batch) == {a.artist_id for a in job.artists[2:7]}
+    ok(resume(job))
+    ok(resume(job))  # the manifest keeps --skip-existing
+    records = assert_mirror(job.out, db)
+    assert {r["artist_id"] for r in records} == {a.artist_id for a in job.artists[2:7]}
+    bios = db.bios()
+    assert [bios[a.artist_id] for a in job.artists[:2]] == ["kept", "kept"]
+
+
+def test_an_interrupted_collection_leaves_the_batch_to_the_next_run(make_job: MakeJob) -> None:
+    job = make_job(40, seed=103)
+    ok(start(job))
+    args = create_argument_parser().parse_args(["--resume", "--max-workers", "2"])
+    config = resolve_config(args, load_environment())
+    control = RunControl()
+    outcomes: list[Outcome] = []
+
+    def interrupt_after_ten(outcome: Outcome, tally: Tally) -> None:
+        outcomes.append(outcome)
+        if len(outcomes) == 10:
+            control.interrupt()
+
+    result = run_job(config, control, on_outcome=interrupt_after_ten)
+    assert result.interrupted and exit_code_for(result) == exit_codes.EXIT_INTERRUPTED
+    db = job.database
+    assert db is not None
+    assert [(r["state"], r["status"]) for r in batch_rows(db)] == [("submitted", "completed")]
+    assert 10 <= len(db.ledger()) <= 10 + 2 * 2
+    assert_mirror(job.out, db)
+    assert len(job.fake.batches.batches) == 1, "an interrupted run submits nothing"
+    ok(resume(job))
+    assert_complete(job)
+
+
+def test_overwriting_a_batch_job_warns_about_its_open_batches(make_job: MakeJob) -> None:
+    job = make_job(3, seed=105)
+    ok(start(job))
+    result = ok(start(job, "--overwrite"))
+    assert "is a batch job: batches it has open keep running" in result.stderr
 
 
 # -- the configuration -----------------------------------------------------------------------

@@ -281,7 +281,7 @@ def _stats(run: _Run) -> ProcessingStats:
     return ProcessingStats(
         artists_read=submitted.rows + submitted.already_done,
         committed=tally.committed,
-        skipped=tally.skipped + submitted.given_up,
+        skipped=tally.skipped + submitted.given_up + submitted.skipped,
         failed=tally.failed,
         already_done=submitted.already_done,
         bad_lines=submitted.bad_lines,
@@ -312,7 +312,9 @@ def _plus(a: SubmitReport, b: SubmitReport) -> SubmitReport:
         b,
         artists=a.artists + b.artists,
         batches=a.batches + b.batches,
-        given_up=max(a.given_up, b.given_up),
+        # Each pass reads the whole input: the last one's counts are the run's.
+        given_up=b.given_up,
+        skipped=b.skipped,
     )
 
 

@@ -295,10 +295,13 @@ class Collector:
         total.abandoned += tally.abandoned
 
     def _end(self, record: BatchRecord, info: BatchInfo, tally: Tally, lines: _Lines) -> None:
+        # Requests that got no line at all (an expired batch without an error file) go
+        # again too; a line skipped as handled before is none of them.
+        silent = record.requests - tally.committed - tally.failed - lines.already
         done = Collected(
             committed=tally.committed,
             failures=tally.failed,
-            resubmit=lines.unanswered,
+            resubmit=max(lines.unanswered, silent - lines.unknown - lines.unreadable),
         )
         self.parts.store.end(record.chunk, info.status, done)
         self.collected = _plus(self.collected, done)

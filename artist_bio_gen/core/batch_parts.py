@@ -11,7 +11,7 @@ from ..api.batches import BatchApi
 from ..api.pricing import Price
 from ..config import Config
 from ..database.batches import BatchStore
-from ..database.store import JobTotals
+from ..database.store import BioStore, JobTotals
 from ..jobfiles import JobPaths
 from ..utils.uuidset import UuidSet
 from .budget import UsageStore
@@ -27,6 +27,8 @@ class BatchParts:
     paths: JobPaths
     api: BatchApi
     store: BatchStore
+    #: The user's table and the ledger (``--skip-existing`` looks bios up there).
+    bios: BioStore
     #: Commit, append, failures file and transaction log: the online run's own.
     pipeline: Pipeline
     control: RunControl

@@ -20,8 +20,13 @@ one open batch, and no file gets two batches.
 
 Budgets, at batch prices: ``--limit`` caps the artists this run submits, ``--max-cost`` the
 estimated cost of what it submits, ``--daily-limit`` the requests submitted per UTC day
-(reserved before a file is recorded, the unused rest given back). Reaching one ends the run
-with exit 7; ``--resume`` submits the rest.
+(reserved before a file is recorded, the unused rest given back). They hold for the whole
+run (every round of ``--batch-wait``). Reaching one ends the run with exit 7; ``--resume``
+submits the rest.
+
+``--skip-existing`` looks the artists up in the user's table before they are submitted (a
+group at a time): an artist whose row has a bio, or who has no row, is not paid for, as
+online.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
@@ -48,8 +54,10 @@ from .throttle import COST_MARGIN, FIRST_GUESS_TOKENS
 
 logger = logging.getLogger(__name__)
 
-#: What ``find_batch`` calls the code of a whole-batch failure for a full queue.
+#: The error code of a batch that failed as a whole because the account's queue is full.
 TOKEN_LIMIT = "token_limit_exceeded"
+#: Artists looked up in the user's table at once (``--skip-existing``).
+LOOKUP_GROUP = 500
 
 
 def estimate_per_request(parts: BatchParts, *, margin: bool) -> float | None:
@@ -77,6 +85,8 @@ class SubmitReport:
     artists: int = 0
     batches: int = 0
     given_up: int = 0
+    #: ``--skip-existing``: artists whose row has a bio or who have no row.
+    skipped: int = 0
     #: Rows, bad lines and duplicates of the input read (for the summary).
     rows: int = 0
     already_done: int = 0
@@ -180,6 +190,7 @@ class Submitter:
     def __init__(self, parts: BatchParts) -> None:
         self.parts = parts
         self._next_chunk: int | None = None
+        self._budget: _Budget | None = None
 
     # -- new request files ------------------------------------------------------------------
 
@@ -187,11 +198,15 @@ class Submitter:
         """Submit every artist still waiting that no open batch holds (or up to a budget)."""
         parts = self.parts
         report = SubmitReport()
-        budget = _Budget.of(parts)
+        if self._budget is None:  # one budget for the whole run
+            self._budget = _Budget.of(parts)
+        budget = self._budget
         max_requests = self._max_requests(batches)
         open_ids = parts.store.open_artist_ids()
         with ArtistReader(parts.config.input_path, skip_ids=parts.done) as reader:
             waiting = self._waiting(reader, open_ids, report)
+            if parts.config.skip_existing:
+                waiting = self._without_bios(waiting, report)
             for chunk in self._chunks(waiting, budget, max_requests, report):
                 self._submit_chunk(chunk)
                 budget.used(len(chunk.artists))
@@ -216,6 +231,18 @@ class Submitter:
                 report.given_up += 1
                 continue
             yield artist
+
+    def _without_bios(
+        self, artists: Iterator[ArtistData], report: SubmitReport
+    ) -> Iterator[ArtistData]:
+        """``--skip-existing``: only the artists whose row exists and has no bio."""
+        while group := list(islice(artists, LOOKUP_GROUP)):
+            states = self.parts.bios.bio_states([artist.artist_id for artist in group])
+            for artist in group:
+                if states.get(artist.artist_id) is False:
+                    yield artist
+                else:
+                    report.skipped += 1
 
     def _chunks(
         self,

@@ -197,6 +197,7 @@ def _batch_parts(
         paths=paths,
         api=_closing(stack, BatchApi(client, config.api_key)),
         store=BatchStore(ledger.store, job_id),
+        bios=ledger.store,
         pipeline=replace(pipeline, previous_attempts=attempts),
         control=control,
         done=done,

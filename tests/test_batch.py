@@ -421,6 +421,23 @@ def test_a_failed_upload_leaves_a_recorded_file_the_next_run_uploads(make_job: M
     assert_complete(job)
 
 
+def test_an_upload_gone_before_its_batch_was_created_is_uploaded_again(make_job: MakeJob) -> None:
+    job = make_job(6, seed=106)
+    job.fake.batches.fail_api("batches.create", 500)  # refused, not created
+    result = ok(start(job), exit_codes.EXIT_RUN_ABORTED)
+    assert "creating the batch of request file 1" in result.stderr
+    assert job.database is not None
+    (row,) = batch_rows(job.database)
+    assert row["state"] == "uploaded" and row["batch_id"] is None
+    del job.fake.batches.files[row["input_file_id"]]  # expired meanwhile
+    result = ok(resume(job))
+    assert "uploading it again" in result.stderr
+    (batch,) = job.fake.batches.batches
+    assert batch.input_file_id != row["input_file_id"]
+    ok(resume(job))
+    assert_complete(job)
+
+
 def test_a_lost_create_answer_is_found_by_metadata_not_created_twice(make_job: MakeJob) -> None:
     job = make_job(10, seed=93)
     job.fake.batches.fail_api("batches.create", 502, performed=True)

@@ -119,6 +119,8 @@ class _Run:
     submitter: Submitter
     started: float = field(default_factory=time.monotonic)
     submitted: SubmitReport = field(default_factory=SubmitReport)
+    #: Submission passes over the input so far.
+    passes: int = 0
     cancelled: int = 0
     error: ArtistBioGenError | None = None
 
@@ -160,34 +162,53 @@ def run_batch(
 
 
 def _round(run: _Run) -> None:
+    """One round: finish what a killed run left, poll and collect, then submit."""
     parts = run.parts
-    cancel = parts.config.batch.cancel
     for record in _unsubmitted(parts):
-        if cancel:
+        if parts.config.batch.cancel:
             _abandon(run, record)
         else:
             run.submitter.finish_unrecorded(record)
+    ended = _poll_and_collect(run)
+    run.error = run.error or run.collector.error
+    if ended is None or not _may_submit(run):
+        return
+    if run.passes and not ended:
+        return  # nothing came back since the last pass read the input: nothing new to submit
+    report = run.submitter.submit(parts.store.batches())
+    run.passes += 1
+    run.submitted = _plus(run.submitted, report)
+    run.error = report.stopped
+
+
+def _poll_and_collect(run: _Run) -> int | None:
+    """Poll every submitted batch (``batch cancel``: cancel it), collect those that ended;
+    returns how many ended, None when the run is stopping."""
+    parts = run.parts
+    ended = 0
     for record in parts.store.batches():
         if parts.control.stopping:
-            return
+            return None
         if record.state != "submitted":
             continue
         info = run.collector.poll(record)
-        if cancel and not info.final and info.status != "cancelling":
+        if parts.config.batch.cancel and not info.final and info.status != "cancelling":
             info = parts.api.cancel(info.id)
             parts.store.set_status(record.chunk, info.status, info.completed, info.failed)
             run.cancelled += 1
             logger.info("asked the API to cancel batch %s (request file %d)", info.id, record.chunk)
-        if info.final and not run.collector.collect(record, info):
-            return
-    run.error = run.error or run.collector.error
-    if cancel or parts.config.batch.finish_online or run.error is not None:
-        return
-    if run.collector.hold or parts.control.stopping:
-        return
-    report = run.submitter.submit(parts.store.batches())
-    run.submitted = _plus(run.submitted, report)
-    run.error = report.stopped
+        if info.final:
+            if not run.collector.collect(record, info):
+                return None
+            ended += 1
+    return ended
+
+
+def _may_submit(run: _Run) -> bool:
+    batch = run.parts.config.batch
+    if batch.cancel or batch.finish_online or run.error is not None:
+        return False
+    return not (run.collector.hold or run.parts.control.stopping)
 
 
 def _unsubmitted(parts: BatchParts) -> Iterator[BatchRecord]:
@@ -226,7 +247,9 @@ def _log_start(parts: BatchParts) -> None:
 def _error(run: _Run) -> ArtistBioGenError | None:
     if run.error is not None:
         return run.error
-    if run.collector.hold:
+    batch = run.parts.config.batch
+    if run.collector.hold and not (batch.cancel or batch.finish_online):
+        # Only a run that would have submitted was held back by the full queue.
         return LimitReachedError(
             "A batch failed because the account's queue of batch tokens is full "
             "(token_limit_exceeded); run again with --resume later (e.g. from cron): its "

@@ -150,6 +150,10 @@ class _Budget:
             self.parts.usage.release(self.parts.today(), self.daily_granted - count)
         self.daily_granted = 0
 
+    def release(self) -> None:
+        """Give back a reservation no file used (the pass stopped before filling one)."""
+        self.used(0)
+
     def error(self) -> LimitReachedError:
         """The error a run stopped by this budget ends with."""
         budget = self.parts.config.budget
@@ -207,11 +211,17 @@ class Submitter:
             waiting = self._waiting(reader, open_ids, report)
             if parts.config.skip_existing:
                 waiting = self._without_bios(waiting, report)
-            for chunk in self._chunks(waiting, budget, max_requests, report):
-                self._submit_chunk(chunk)
-                budget.used(len(chunk.artists))
-                report.artists += len(chunk.artists)
-                report.batches += 1
+            try:
+                for chunk in self._chunks(waiting, budget, max_requests, report):
+                    # Counted before it is recorded: a file that fails after its recording is
+                    # submitted by a later run all the same (the daily count stays high, never
+                    # low).
+                    budget.used(len(chunk.artists))
+                    self._submit_chunk(chunk)
+                    report.artists += len(chunk.artists)
+                    report.batches += 1
+            finally:
+                budget.release()
             report.rows = reader.rows
             report.already_done = reader.already_done
             report.bad_lines = reader.error_lines
@@ -328,18 +338,33 @@ class Submitter:
 
     def finish_unrecorded(self, record: BatchRecord) -> None:
         """Bring a ``recorded`` or ``uploaded`` row to ``submitted`` (see the docstring)."""
-        parts = self.parts
         file_id = record.input_file_id
         if file_id is None:
-            path = self._rebuild(record)
-            file_id = parts.api.upload(path, upload_name(parts.job_id, record.chunk))
-            parts.store.set_input_file(record.chunk, file_id)
-            path.unlink()
-            logger.info(
-                "uploaded request file %d again (the last run stopped before)", record.chunk
+            file_id = self._upload_again(record)
+        try:
+            info = self._create(record.chunk, file_id, since=record.created_at)
+        except BatchApiError:
+            if record.input_file_id is None:
+                raise
+            # The file uploaded by an earlier run may be gone (uploads expire after a week):
+            # upload it again, once; an orphan of this costs nothing (it expires too).
+            logger.warning(
+                "no batch from request file %d's upload %s; uploading it again",
+                record.chunk,
+                record.input_file_id,
             )
-        info = self._create(record.chunk, file_id, since=record.created_at)
+            info = self._create(record.chunk, self._upload_again(record), since=record.created_at)
         logger.info("batch %s of request file %d is recorded now", info.id, record.chunk)
+
+    def _upload_again(self, record: BatchRecord) -> str:
+        """Rebuild a recorded request file from its artists and upload it; returns the id."""
+        parts = self.parts
+        path = self._rebuild(record)
+        file_id = parts.api.upload(path, upload_name(parts.job_id, record.chunk))
+        parts.store.set_input_file(record.chunk, file_id)
+        path.unlink()
+        logger.info("uploaded request file %d (recorded by a run that stopped)", record.chunk)
+        return file_id
 
     def find_batch(self, chunk: int, since: float) -> BatchInfo | None:
         """The batch the API holds for request file ``chunk`` whose row does not know it

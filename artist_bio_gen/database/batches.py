@@ -158,12 +158,13 @@ class BatchStore:
         self._store.retrying("batch record", attempt)
 
     def set_input_file(self, chunk: int, file_id: str) -> None:
-        """The request file was uploaded as ``file_id`` (state ``uploaded``)."""
+        """The request file was uploaded as ``file_id`` (state ``uploaded``; again, when the
+        first upload expired before its batch was created)."""
         self._update(
             chunk,
             "state = 'uploaded', input_file_id = %(file)s",
             {"file": file_id},
-            "state = 'recorded'",
+            "state IN ('recorded', 'uploaded')",
         )
 
     def set_batch(self, chunk: int, batch_id: str, status: str) -> None:

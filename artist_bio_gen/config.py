@@ -5,7 +5,7 @@ Every setting is looked up in this order (the first that has a value wins):
 1. the command line;
 2. the job manifest, when ``--resume`` continues a recorded job, for the settings that
    define the job (prompt id and version, model, instructions, database, table,
-   ``--skip-existing``) and for the input file;
+   ``--skip-existing``, ``--mode``) and for the input file;
 3. the process environment;
 4. ``.env.local`` then ``.env`` in the current directory (python-dotenv, read without
    touching ``os.environ``);
@@ -18,6 +18,12 @@ refused: the manifest does not store the URL (it may hold a password), so a job 
 continued on the database configured now if that is the one it was started on.
 
 ``resolve_config`` builds the one ``Config`` of a run; nothing replaces it afterwards.
+
+**Batch mode** (``--mode batch``, ``BatchSettings``) needs a database (each batch is recorded
+before it is created) and ``--model`` (a batch file holds one model, which the tool must name;
+with a stored prompt that is the prompt's model). ``--service-tier`` does not apply (a batch
+is its own tier). A job keeps its mode: ``--resume --mode online`` on a batch job is refused
+(``--finish-online`` answers what is left online instead), and so is the opposite.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from dotenv import dotenv_values
 
@@ -81,6 +87,33 @@ class BudgetSettings:
     price_output: float | None = None
 
 
+#: How requests travel: one HTTP request per artist, or the Batch API (``--mode``).
+Mode = Literal["online", "batch"]
+MODES: tuple[Mode, ...] = ("online", "batch")
+#: The Batch API's limits per request file.
+BATCH_MAX_REQUESTS = 50_000
+BATCH_MAX_BYTES = 200_000_000
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Batch mode: how the requests are split into files and how long a run waits."""
+
+    #: Request lines per file (``--batch-max-requests``; the API allows 50,000).
+    max_requests: int = BATCH_MAX_REQUESTS
+    #: Bytes per file (``--batch-max-bytes``; the API allows 200 MB).
+    max_bytes: int = BATCH_MAX_BYTES
+    #: Keep polling, collecting and submitting for this many seconds (``--batch-wait``; 0:
+    #: one round, then exit: the cron case).
+    wait: float = 0.0
+    #: Seconds between two polls while waiting (``--batch-poll-interval``).
+    poll_interval: float = 30.0
+    #: Answer the artists no open batch holds with online requests (``--finish-online``).
+    finish_online: bool = False
+    #: ``artist-bio-gen batch cancel``: cancel the open batches, collect what they return.
+    cancel: bool = False
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything a run needs, validated. Safe to share with worker threads."""
@@ -111,6 +144,9 @@ class Config:
     #: The id of the recorded job this configuration continues (``--resume`` of a job with
     #: a manifest), else None. The run checks it still is the job beside the output.
     resumed_job: str | None = None
+    #: ``online`` or ``batch`` (a job-defining setting).
+    mode: Mode = "online"
+    batch: BatchSettings = BatchSettings()
 
     @property
     def secrets(self) -> tuple[str | None, ...]:
@@ -129,6 +165,7 @@ class Config:
             database=describe_database(self.db.url) if self.db else None,
             table=self.db.table if self.db else None,
             skip_existing=self.skip_existing,
+            mode=self.mode,
         )
 
     def job_ref(self, job_id: str) -> JobRef:
@@ -296,8 +333,11 @@ def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         budget=_budget(layers),
         service_tier=_service_tier(layers),
         resumed_job=recorded.job_id if recorded else None,
+        mode=_mode(layers),
+        batch=_batch(layers),
     )
     _check_runnable(config)
+    _check_batch(config, layers)
     return config
 
 
@@ -534,6 +574,96 @@ def _service_tier(layers: _Layers) -> ServiceTier | None:
         f"--service-tier (or OPENAI_SERVICE_TIER) must be one of {', '.join(SERVICE_TIERS)} "
         f"(got {tier!r})."
     )
+
+
+def _mode(layers: _Layers) -> Mode:
+    given: str | None = layers.cli("mode")
+    if layers.recorded is None:
+        return _known_mode(given or "online")
+    recorded = _known_mode(layers.recorded.settings.mode)
+    if given is not None and given != recorded:
+        hint = (
+            " --resume --finish-online answers the artists still waiting with online requests."
+            if recorded == "batch"
+            else ""
+        )
+        raise UsageError(
+            f"This job was started with --mode {recorded}; --resume cannot switch it to "
+            f"--mode {given} (a job keeps its mode).{hint} Resume without --mode, or start a "
+            "new job with another --output."
+        )
+    return recorded
+
+
+def _known_mode(text: str) -> Mode:
+    for mode in MODES:
+        if text == mode:
+            return mode
+    raise ConfigError(f"Unknown mode {text!r} in the job manifest; upgrade artist-bio-gen.")
+
+
+def _batch(layers: _Layers) -> BatchSettings:
+    return BatchSettings(
+        max_requests=_in_range(
+            "--batch-max-requests",
+            layers.get("batch_max_requests", "OPENAI_BATCH_MAX_REQUESTS", BATCH_MAX_REQUESTS, int),
+            1,
+            BATCH_MAX_REQUESTS,
+        ),
+        max_bytes=_in_range(
+            "--batch-max-bytes",
+            layers.get("batch_max_bytes", "OPENAI_BATCH_MAX_BYTES", BATCH_MAX_BYTES, int),
+            1024,
+            BATCH_MAX_BYTES,
+        ),
+        wait=_in_range(
+            "--batch-wait", layers.get("batch_wait", None, 0.0, float), 0.0, 7 * 86400.0
+        ),
+        poll_interval=_in_range(
+            "--batch-poll-interval",
+            layers.get("batch_poll_interval", "OPENAI_BATCH_POLL_INTERVAL", 30.0, float),
+            0.01,
+            3600.0,
+        ),
+        finish_online=layers.flag("finish_online"),
+        cancel=layers.flag("batch_cancel"),
+    )
+
+
+def _check_batch(config: Config, layers: _Layers) -> None:
+    """What batch mode needs, and the options that only make sense in one mode."""
+    if config.mode == "online":
+        for name, flag in (
+            ("finish_online", "--finish-online"),
+            ("batch_wait", "--batch-wait"),
+            ("batch_cancel", "batch cancel"),
+        ):
+            if layers.cli(name):
+                raise UsageError(f"{flag} is for batch jobs (--mode batch); this job is online.")
+        return
+    if config.batch.finish_online and not config.resume:
+        raise UsageError("--finish-online finishes a batch job that exists; pass it with --resume.")
+    if layers.cli("service_tier") is not None:
+        raise UsageError(
+            "--service-tier does not apply to --mode batch (a batch is its own tier, at half "
+            "the price); drop it."
+        )
+    if config.service_tier is not None and not config.batch.finish_online:
+        logger.warning(
+            "ignoring OPENAI_SERVICE_TIER=%s: batch requests have a tier of their own",
+            config.service_tier,
+        )
+    if not config.prompt.model:
+        raise ConfigError(
+            "--mode batch needs --model: a batch file holds one model and the tool names it in "
+            "every request (with a stored prompt, give the prompt's model)."
+        )
+    if config.db is None and not config.dry_run:
+        raise ConfigError(
+            "--mode batch needs the database (DATABASE_URL or --db-url): every batch is "
+            "recorded there before it is created, so none is lost or created twice. Use "
+            "--mode online for a JSONL-only job."
+        )
 
 
 def _optional_path(value: str | None) -> Path | None:

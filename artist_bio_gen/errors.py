@@ -94,6 +94,13 @@ class LockedError(ArtistBioGenError):
     exit_code = exit_codes.EXIT_LOCKED
 
 
+class BatchApiError(ArtistBioGenError):
+    """The Batch API (or its files) did not answer usably; the job's batches are recorded,
+    so ``--resume`` continues where this run stopped."""
+
+    exit_code = exit_codes.EXIT_RUN_ABORTED
+
+
 class RunAbortedError(ArtistBioGenError):
     """The run stopped early because artists kept failing the same way."""
 

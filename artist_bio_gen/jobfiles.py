@@ -2,14 +2,17 @@
 
 Everything a job needs to resume lives next to the output, so ``--output X`` alone identifies
 the job. For ``out.jsonl`` the side files are ``out.job.json`` (the manifest),
-``out.failures.jsonl``, ``out.transactions.jsonl``, ``out.jsonl.lock``, ``out.run.lock`` and,
-for a job without a database and with a daily request limit, ``out.usage.json``.
+``out.failures.jsonl``, ``out.transactions.jsonl``, ``out.jsonl.lock``, ``out.run.lock``,
+for a job without a database and with a daily request limit ``out.usage.json``, and while a
+batch job uploads or collects files ``out.batch-upload.jsonl``, ``out.batch-download.jsonl``
+and ``out.batch-errors.jsonl``.
 
 The manifest records the job id (the key of its ledger rows), the input file and the
 settings that define what a bio of this job is (prompt, model, instructions, database and
-table), plus a checkpoint of how far the JSONL and the ledger are known to agree. It is
-replaced atomically, carries a ``format`` number, and a format this version does not know
-(written by a newer version of the tool) is refused instead of being misread.
+table) and how its requests travel (``mode``: online, or batch), plus a checkpoint of how
+far the JSONL and the ledger are known to agree. It is replaced atomically, carries a
+``format`` number, and a format this version does not know (written by a newer version of
+the tool) is refused instead of being misread.
 """
 
 from __future__ import annotations
@@ -23,8 +26,12 @@ from .errors import ConfigError
 from .models import JobRef
 from .utils.durable import atomic_write
 
-#: The manifest format this version writes and reads.
-FORMAT = 1
+#: The manifest format this version writes: 1 for online jobs (exactly what earlier versions
+#: wrote and read), 2 for batch jobs (``settings.mode``), so that an earlier version refuses
+#: a batch job as "written by a newer version" instead of misreading it as an online job.
+FORMAT = 2
+#: The format of a manifest without ``settings.mode`` (an online job).
+ONLINE_FORMAT = 1
 
 
 def _stem(output: Path) -> str:
@@ -68,6 +75,21 @@ class JobPaths:
         return self._side(".usage.json")
 
     @property
+    def batch_upload(self) -> Path:
+        """Batch mode: the request file being written for upload (deleted once uploaded)."""
+        return self._side(".batch-upload.jsonl")
+
+    @property
+    def batch_download(self) -> Path:
+        """Batch mode: a batch's output file being collected (deleted after)."""
+        return self._side(".batch-download.jsonl")
+
+    @property
+    def batch_errors(self) -> Path:
+        """Batch mode: a batch's error file being collected (deleted after)."""
+        return self._side(".batch-errors.jsonl")
+
+    @property
     def transaction_log(self) -> Path:
         """Default place of the structured per-commit transaction log."""
         return self._side(".transactions.jsonl")
@@ -94,6 +116,8 @@ class JobSettings:
     database: str | None
     table: str | None
     skip_existing: bool
+    #: ``online`` (one request per artist) or ``batch`` (the Batch API): a job keeps its mode.
+    mode: str = "online"
 
 
 @dataclass(frozen=True)
@@ -121,7 +145,11 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         """The manifest as written to disk."""
         data = asdict(self)
-        data["format"] = FORMAT
+        if self.settings.mode == "online":
+            del data["settings"]["mode"]
+            data["format"] = ONLINE_FORMAT
+        else:
+            data["format"] = FORMAT
         return data
 
     @classmethod
@@ -159,7 +187,7 @@ def read_manifest(paths: JobPaths) -> Manifest | None:
 
 
 def _check_format(path: Path, found: object) -> None:
-    if found == FORMAT:
+    if found in (ONLINE_FORMAT, FORMAT):
         return
     if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT:
         raise ConfigError(

@@ -23,6 +23,7 @@ import pytest
 
 import artist_bio_gen.cli
 from artist_bio_gen import config, exit_codes
+from artist_bio_gen.cli import batch as cli_batch
 from artist_bio_gen.cli import verify as cli_verify
 from artist_bio_gen.errors import UsageError
 from artist_bio_gen.failure_codes import FAILURE_CODES
@@ -71,10 +72,11 @@ def parser_factories() -> dict[str, Callable[[], argparse.ArgumentParser]]:
 FACTORIES = parser_factories()
 
 
-def test_both_commands_are_discovered() -> None:
+def test_every_command_is_discovered() -> None:
     assert parser_factories() == {
         PROGRAM: cli_main.create_argument_parser,
         f"{PROGRAM} verify": cli_verify.create_verify_parser,
+        f"{PROGRAM} batch cancel": cli_batch.create_batch_cancel_parser,
     }
 
 

@@ -30,6 +30,7 @@ from artist_bio_gen.database.schema import (
     inspect_target_table,
     m001_ledger_table,
     m002_costs_and_daily_usage,
+    m003_batches,
 )
 from artist_bio_gen.database.store import BioStore
 from artist_bio_gen.errors import ConfigError
@@ -145,9 +146,13 @@ def test_a_fresh_database_gets_every_migration_recorded(
         version_columns = [name for name, _, _ in _columns(conn, VERSION_TABLE)]
         usage_columns = [name for name, _, _ in _columns(conn, USAGE_TABLE)]
         cost_type = dict((name, kind) for name, kind, _ in _columns(conn, "artist_bio_ledger"))
+        batches_columns = [name for name, _, _ in _columns(conn, schema.BATCHES_TABLE)]
+        items_columns = [name for name, _, _ in _columns(conn, schema.BATCH_ITEMS_TABLE)]
     assert ledger_columns == _docstring_columns(0)
     assert version_columns == _docstring_columns(1)
     assert usage_columns == _docstring_columns(2)
+    assert batches_columns == _docstring_columns(3)
+    assert items_columns == _docstring_columns(4)
     assert cost_type["cost_usd"] == "numeric(14,9)"
 
 
@@ -185,7 +190,7 @@ def _with_m002_columns(row: dict) -> dict:
 def _registry_up_to(name: str) -> Migrations:
     """A registry holding the tool's migrations up to ``name`` (a database a version ago)."""
     registry = Migrations()
-    for function in (m001_ledger_table, m002_costs_and_daily_usage):
+    for function in (m001_ledger_table, m002_costs_and_daily_usage, m003_batches):
         registry.register(function)
         if function.__name__ == name:
             return registry
@@ -207,14 +212,47 @@ def test_m002_upgrades_a_ledger_at_m001_keeping_its_rows(
     before = database.ledger()
     assert "cost_usd" not in before[0] and not _exists(database, USAGE_TABLE)
 
-    assert ensure_ledger(pool, where) == ["m002_costs_and_daily_usage"]
-    assert _recorded_names(database) == LEDGER_MIGRATIONS.names()
+    upgraded = ensure_ledger(pool, where, migrations=_registry_up_to("m002_costs_and_daily_usage"))
+    assert upgraded == ["m002_costs_and_daily_usage"]
     assert database.ledger() == [_with_m002_columns(row) for row in before]
     assert _exists(database, USAGE_TABLE)
     store = BioStore(pool, DatabaseConfig(url=database.url, retry_seconds=5))
     assert [row.cost_usd for row in store.iter_job_rows(job_id)] == [None, None, None]
     totals = store.job_totals(job_id)
     assert (totals.bios, totals.cost_usd, totals.unpriced) == (3, 0.0, 3)
+    assert (
+        ensure_ledger(pool, where, migrations=_registry_up_to("m002_costs_and_daily_usage")) == []
+    )
+
+
+def test_m003_adds_the_batch_tables_to_a_database_at_m002_keeping_its_rows(
+    pool: ConnectionPool, where: str, database: TestDatabase
+) -> None:
+    """What a user of the version before batch mode holds: m001 and m002, committed rows.
+    m003 adds the batch tables only; the ledger and its rows are untouched."""
+    ensure_ledger(pool, where, migrations=_registry_up_to("m002_costs_and_daily_usage"))
+    job_id = str(uuid.uuid4())
+    for _ in range(2):
+        database.execute(LEDGER_ROW, (job_id, str(uuid.uuid4())))
+    before = database.ledger()
+    assert not _exists(database, schema.BATCHES_TABLE)
+
+    assert ensure_ledger(pool, where) == ["m003_batches"]
+    assert _recorded_names(database) == LEDGER_MIGRATIONS.names()
+    assert database.ledger() == before
+    assert _exists(database, schema.BATCHES_TABLE) and _exists(database, schema.BATCH_ITEMS_TABLE)
+    # A row's state is one of the four; items go with their batch.
+    with pytest.raises(psycopg.errors.CheckViolation):
+        database.execute(
+            "INSERT INTO artist_bio_batches (job_id, chunk, state, requests) "
+            "VALUES (%s, 1, 'x', 1)",
+            (job_id,),
+        )
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        database.execute(
+            "INSERT INTO artist_bio_batch_items VALUES (%s, 9, %s, 'n', NULL)",
+            (job_id, str(uuid.uuid4())),
+        )
     assert ensure_ledger(pool, where) == []
 
 
@@ -305,10 +343,10 @@ def test_runs_starting_together_apply_each_migration_once(database: TestDatabase
 
 
 def _failing_registry() -> Migrations:
-    registry = _registry_up_to("m002_costs_and_daily_usage")
+    registry = _registry_up_to(LEDGER_MIGRATIONS.names()[-1])
 
     @registry.register
-    def m003_breaks_halfway(conn: psycopg.Connection) -> None:
+    def m999_breaks_halfway(conn: psycopg.Connection) -> None:
         conn.execute("ALTER TABLE artist_bio_ledger ADD COLUMN half_done TEXT")
         conn.execute("CREATE TABLE half_probe (x int)")
         raise RuntimeError("migration bug")
@@ -455,10 +493,18 @@ def test_the_readme_admin_sql_lets_a_user_without_create_run(
     finally:
         tool_pool.close()
     with database.connect() as conn:
-        for table in ("artist_bio_ledger", USAGE_TABLE, VERSION_TABLE):
+        for table in (
+            "artist_bio_ledger",
+            USAGE_TABLE,
+            VERSION_TABLE,
+            schema.BATCHES_TABLE,
+            schema.BATCH_ITEMS_TABLE,
+        ):
             readme_made, tool_made = f"public.{table}", f"toolmade.{table}"
             assert _columns(conn, readme_made) == _columns(conn, tool_made), table
-            assert _constraints(conn, readme_made) == _constraints(conn, tool_made), table
+            # A foreign key names the other schema's table with its schema: compare without.
+            tool_constraints = [c.replace("toolmade.", "") for c in _constraints(conn, tool_made)]
+            assert _constraints(conn, readme_made) == tool_constraints, table
         recorded = conn.execute(f"SELECT name FROM public.{VERSION_TABLE} ORDER BY name")
         assert [row[0] for row in recorded] == LEDGER_MIGRATIONS.names()
 

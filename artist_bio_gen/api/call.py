@@ -236,26 +236,44 @@ class _Call:
     def _bio(
         self, artist: ArtistData, ticket: Ticket, response: Response, headers: RateLimitHeaders
     ) -> GeneratedBio:
-        usage = _usage(response)
         tier = getattr(response, "service_tier", None) or self.options.service_tier
-        price = price_for(response.model, override=self.options.price)
-        cost = cost_usd(price, usage.input_tokens, usage.output_tokens, tier)
+        usage, cost = answer_cost(response, tier, self.options.price)
         self.pacer.answered(ticket, headers, usage, cost, response.model)
-        text = normalize_bio(response.output_text)
-        if not text.strip():
-            raise ApiCallError(
-                "empty_response", f"the API returned no text (response {response.id})"
-            )
-        return GeneratedBio(
-            artist=artist,
-            response_id=response.id,
-            text=text,
-            created=int(response.created_at),
-            tokens=usage,
-            model=response.model,
-            service_tier=tier,
-            cost_usd=cost,
-        )
+        return generated_bio(artist, response, usage, tier, cost)
+
+
+def answer_cost(
+    response: Response, service_tier: str | None, price: Price | None
+) -> tuple[TokenUsage, float | None]:
+    """The tokens a response reports and what it cost at ``service_tier`` (``price``: the
+    override, else the table's price of the model that answered; None: unknown)."""
+    usage = _usage(response)
+    known = price_for(response.model, override=price)
+    return usage, cost_usd(known, usage.input_tokens, usage.output_tokens, service_tier)
+
+
+def generated_bio(
+    artist: ArtistData,
+    response: Response,
+    usage: TokenUsage,
+    service_tier: str | None,
+    cost: float | None,
+) -> GeneratedBio:
+    """The bio a response holds, citations stripped; ``ApiCallError("empty_response")``
+    when no text is left. Online answers and batch answers (``api/batchfile.py``) alike."""
+    text = normalize_bio(response.output_text)
+    if not text.strip():
+        raise ApiCallError("empty_response", f"the API returned no text (response {response.id})")
+    return GeneratedBio(
+        artist=artist,
+        response_id=response.id,
+        text=text,
+        created=int(response.created_at),
+        tokens=usage,
+        model=response.model,
+        service_tier=service_tier,
+        cost_usd=cost,
+    )
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

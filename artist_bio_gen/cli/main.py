@@ -19,16 +19,17 @@ from typing import NoReturn
 
 from .. import exit_codes
 from ..api.request import SERVICE_TIERS
-from ..config import DEFAULT_OUTPUT, Config, load_environment, parse_bool, resolve_config
+from ..config import DEFAULT_OUTPUT, MODES, Config, load_environment, parse_bool, resolve_config
 from ..core.dryrun import dry_run
 from ..core.processor import RunControl
 from ..core.runner import RunResult, run_job
 from ..core.throttle import RequestCounts
 from ..database.store import JobTotals
-from ..errors import ArtistBioGenError
+from ..errors import ArtistBioGenError, UsageError
 from ..jobfiles import JobPaths
 from ..models import ProcessingStats
 from ..utils.logging import setup_logging
+from .batch import batch_summary_lines, cancel_arguments
 from .progress import Progress
 from .verify import run_verify
 
@@ -54,12 +55,21 @@ examples:
   # check that bios.jsonl mirrors the database, and repair what can be repaired
   artist-bio-gen verify --output bios.jsonl --repair
 
-exit codes: 0 done, 1 input file missing/unreadable, 2 bad path or options,
-3 configuration (key, prompt, database, table), 4 some artists failed (retried by --resume),
-5 stopped early (quota, database gone, disk full: fix, then --resume), 6 JSONL and database
-disagree (see verify), 7 stopped at a limit (daily limit, --max-cost, --limit, a rate-limit
-wait past --pause-duration: --resume continues), 10 unexpected error, 75 another run holds
-the job, 130 interrupted.
+  # batch mode (half price, answers within 24 h): submit once, then collect from cron
+  artist-bio-gen --mode batch --input artists.csv --prompt-id pmpt_123 --model gpt-4.1-mini
+  artist-bio-gen --resume            # hourly: polls, collects, resubmits what is left
+
+  # a batch job in a hurry: answer online what no open batch holds, or cancel the batches
+  artist-bio-gen --resume --finish-online
+  artist-bio-gen batch cancel --output out.jsonl
+
+exit codes: 0 done (a batch job: submitted, or collected, batches still running included),
+1 input file missing/unreadable, 2 bad path or options, 3 configuration (key, prompt,
+database, table), 4 some artists failed (retried by --resume), 5 stopped early (quota,
+database gone, disk full, a batch failed as a whole: fix, then --resume), 6 JSONL and
+database disagree (see verify), 7 stopped at a limit (daily limit, --max-cost, --limit, a
+rate-limit wait past --pause-duration, a full batch queue: --resume continues), 10 unexpected
+error, 75 another run holds the job, 130 interrupted.
 """
 
 
@@ -81,6 +91,7 @@ def create_argument_parser() -> argparse.ArgumentParser:
     _add_database_arguments(parser)
     _add_run_arguments(parser)
     _add_quota_arguments(parser)
+    _add_batch_arguments(parser)
     return parser
 
 
@@ -307,6 +318,52 @@ def _add_quota_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "batch mode",
+        "--mode batch sends the requests through the Batch API: half the price, answers within "
+        "24 hours, a separate pool of rate limits. The run submits request files and exits; "
+        "--resume (e.g. hourly from cron) collects the batches that ended and submits what is "
+        "left. Needs the database and --model.",
+    )
+    group.add_argument(
+        "--mode",
+        choices=MODES,
+        help="online (one request per artist, the default) or batch; a job keeps its mode",
+    )
+    group.add_argument(
+        "--batch-max-requests",
+        type=int,
+        metavar="N",
+        help="requests per batch file (env OPENAI_BATCH_MAX_REQUESTS; default and most 50,000)",
+    )
+    group.add_argument(
+        "--batch-max-bytes",
+        type=int,
+        metavar="B",
+        help="bytes per batch file (env OPENAI_BATCH_MAX_BYTES; default and most 200,000,000)",
+    )
+    group.add_argument(
+        "--batch-wait",
+        type=float,
+        metavar="S",
+        help="keep polling, collecting and submitting for up to S seconds (default 0: one "
+        "round, then exit)",
+    )
+    group.add_argument(
+        "--batch-poll-interval",
+        type=float,
+        metavar="S",
+        help="seconds between polls with --batch-wait (env OPENAI_BATCH_POLL_INTERVAL; default 30)",
+    )
+    group.add_argument(
+        "--finish-online",
+        action="store_true",
+        help="with --resume: answer the artists no open batch holds with online requests "
+        "(full price) instead of new batches",
+    )
+
+
 def _bool_arg(text: str) -> bool:
     try:
         return parse_bool(text)
@@ -330,6 +387,11 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     setup_logging("--verbose" in args_list, secrets=_secret_arguments(args_list))
     if args_list[:1] == ["verify"]:
         return _guarded(lambda: run_verify(args_list[1:]), "--verbose" in args_list)
+    if args_list[:2] == ["batch", "cancel"]:
+        cancel = cancel_arguments(args_list[2:])
+        return _guarded(lambda: _run(cancel), cancel.verbose)
+    if args_list[:1] == ["batch"]:
+        return _guarded(_unknown_batch_command, "--verbose" in args_list)
     args = create_argument_parser().parse_args(args_list)
     _notice_changed_flags(args_list)
     return _guarded(lambda: _run(args), args.verbose)
@@ -352,6 +414,10 @@ def _notice_changed_flags(args: list[str]) -> None:
     for flag, change in CHANGED_FLAGS.items():
         if flag in given:
             logger.warning("notice: %s: %s.", flag, change)
+
+
+def _unknown_batch_command() -> int:
+    raise UsageError("The batch command is `artist-bio-gen batch cancel [--output PATH]`.")
 
 
 def _secret_arguments(args: list[str]) -> list[str]:
@@ -434,7 +500,8 @@ def summary_lines(config: Config, result: RunResult) -> list[str]:
     s: ProcessingStats = result.stats
     failures = f" (details in {JobPaths(config.output_path).failures})"
     lines = [
-        f"Summary: job {result.job_id} -> {config.output_path}",
+        f"Summary: job {result.job_id} -> {config.output_path}"
+        + (" (batch mode)" if config.mode == "batch" else ""),
         f"  artists read      {s.artists_read:,} (already done {s.already_done:,}, "
         f"bad input lines {s.bad_lines:,}, duplicate ids {s.duplicate_lines:,})",
         f"  committed         {s.committed:,}",
@@ -449,6 +516,8 @@ def summary_lines(config: Config, result: RunResult) -> list[str]:
     ]
     if result.job_totals is not None:
         lines.append(_job_line(result.job_totals))
+    if result.batches is not None:
+        lines += batch_summary_lines(config, result.batches)
     if result.interrupted:
         lines.append("  interrupted: run again with --resume to continue")
     return lines

@@ -1,4 +1,6 @@
-"""``--dry-run``: read the input and show the first requests; no API key, no database."""
+"""``--dry-run``: read the input and show the first requests; no API key, no database.
+
+In batch mode the first lines of the request file are shown instead (``api/batchfile``)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import json
 import logging
 from typing import TextIO
 
+from ..api.batchfile import request_line
 from ..api.request import build_request
 from ..config import Config
 from ..models import ProcessingStats, TokenUsage
@@ -22,7 +25,10 @@ def dry_run(config: Config, out: TextIO) -> ProcessingStats:
     line), return the counts."""
     with ArtistReader(config.input_path) as reader:
         for index, artist in enumerate(reader):
-            if index < SHOWN_PAYLOADS:
+            if index < SHOWN_PAYLOADS and config.mode == "batch":
+                # What the request file of a batch would hold for this artist.
+                out.write(request_line(artist, config.prompt).decode("utf-8"))
+            elif index < SHOWN_PAYLOADS:
                 payload = {
                     "artist_id": artist.artist_id,
                     "request": build_request(artist, config.prompt),

@@ -33,10 +33,17 @@ class FailureLog:
         self._open_lock = threading.Lock()
 
     def record(
-        self, artist_id: str, artist_name: str, code: str, reason: str, attempt: int
+        self,
+        artist_id: str,
+        artist_name: str,
+        code: str,
+        reason: str,
+        attempt: int,
+        *,
+        batch_id: str | None = None,
     ) -> None:
-        """Append one failed attempt."""
-        line = {
+        """Append one failed attempt (``batch_id``: the batch whose answer it was)."""
+        line: dict[str, object] = {
             "artist_id": artist_id,
             "artist_name": artist_name,
             "code": code,
@@ -45,6 +52,8 @@ class FailureLog:
             "job_id": self._job_id,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if batch_id is not None:
+            line["batch_id"] = batch_id
         self._open().append_line((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
 
     def _open(self) -> JsonlWriter:
@@ -81,3 +90,15 @@ def count_attempts(path: Path, job_id: str) -> Counter[str]:
         if counts_towards_cap(str(record.get("code"))):
             counts[str(record["artist_id"])] += 1
     return counts
+
+
+def batch_failures(path: Path, job_id: str) -> set[tuple[str, str]]:
+    """(artist id, batch id) of every failure recorded from a batch's answer for ``job_id``:
+    collecting that batch again (after a crash) must not count the same failure twice."""
+    found: set[tuple[str, str]] = set()
+    if not path.exists():
+        return found
+    for record in iter_records(path):
+        if record.get("job_id") == job_id and record.get("batch_id") and "artist_id" in record:
+            found.add((str(record["artist_id"]), str(record["batch_id"])))
+    return found

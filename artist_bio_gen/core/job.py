@@ -56,6 +56,13 @@ def decide_job(config: Config, paths: JobPaths) -> JobStart:
     if manifest is not None or has_lines:
         if not config.overwrite:
             raise UsageError(_existing_output_message(paths, manifest))
+        if manifest is not None and manifest.settings.mode == "batch":
+            logger.warning(
+                "job %s is a batch job: batches it has open keep running on OpenAI (and are "
+                "billed when they complete); 'artist-bio-gen batch cancel' before --overwrite "
+                "stops them",
+                manifest.job_id,
+            )
         for path in (paths.output, paths.manifest, paths.failures):
             if path.exists():
                 move_aside(path)

@@ -16,6 +16,11 @@ Failure handling:
 * the first artist runs alone (a canary), so a bad key or prompt costs one request, not one
   per worker;
 * a streak of identical failures (``failure_streak_limit``) is treated as systemic too.
+
+Batch mode commits the answers of a batch's output file through the same window and the
+same per-artist steps (``process_answers_concurrent``, ``process_answer``): the API call is
+replaced by the answer read from the file; commit, append, failures file and transaction log
+are the same code.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import psycopg
 
@@ -96,6 +101,10 @@ class RunControl:
         """True once nothing new may start."""
         return self._stop.is_set()
 
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when the run is told to stop meanwhile."""
+        self._stop.wait(max(0.0, seconds))
+
     def abort(self, error: ArtistBioGenError) -> None:
         """Stop the run because of a systemic error (the first one is kept)."""
         with self._lock:
@@ -112,11 +121,48 @@ class RunControl:
 
 def process_artist(pipeline: Pipeline, control: RunControl, artist: ArtistData) -> Outcome:
     """Run one artist through API, commit and append; never raises for the artist's faults."""
+    return _settle(pipeline, control, artist, lambda: _run_steps(pipeline, control, artist))
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    """What a batch returned for one artist: a bio to commit, or a failure (``code``,
+    ``reason``) that counts towards the artist's cap."""
+
+    artist: ArtistData
+    bio: GeneratedBio | None = None
+    code: str | None = None
+    reason: str | None = None
+    #: The batch it came from (written with a failure, so a second collection of the same
+    #: batch does not count it twice).
+    batch_id: str | None = None
+
+
+def process_answer(pipeline: Pipeline, control: RunControl, answer: BatchAnswer) -> Outcome:
+    """Commit and append one batch answer (or record its failure) exactly as
+    ``process_artist`` does after its API call; never raises for the artist's faults."""
+
+    def steps() -> Outcome:
+        if answer.bio is None:
+            return _failed(answer.artist, answer.code or "bad_response", answer.reason or "")
+        return _commit_and_append(pipeline, control, answer.bio, only_new=True)
+
+    return _settle(pipeline, control, answer.artist, steps, batch_id=answer.batch_id)
+
+
+def _settle(
+    pipeline: Pipeline,
+    control: RunControl,
+    artist: ArtistData,
+    steps: Callable[[], Outcome],
+    batch_id: str | None = None,
+) -> Outcome:
+    """Run ``steps`` for one artist; time it, record a failure that counts, log it."""
     if control.stopping:
         return Outcome(artist.artist_id, artist.name, "not_started")
     started = time.monotonic()
     try:
-        outcome = _run_steps(pipeline, control, artist)
+        outcome = steps()
     except Exception as exc:
         # A bug or an unforeseen library error must cost this artist, not the run.
         logger.error(
@@ -128,7 +174,12 @@ def process_artist(pipeline: Pipeline, control: RunControl, artist: ArtistData) 
     attempt = pipeline.previous_attempts.get(artist.artist_id, 0) + 1
     if outcome.status == "failed" and counts_towards_cap(outcome.code):
         pipeline.failures.record(
-            artist.artist_id, artist.name, outcome.code or "", outcome.reason or "", attempt
+            artist.artist_id,
+            artist.name,
+            outcome.code or "",
+            outcome.reason or "",
+            attempt,
+            batch_id=batch_id,
         )
     pipeline.txlog.outcome(outcome, attempt)
     return outcome
@@ -173,7 +224,9 @@ def _failed(artist: ArtistData, code: str, reason: str) -> Outcome:
     return Outcome(artist.artist_id, artist.name, "failed", code, reason)
 
 
-def _commit_and_append(pipeline: Pipeline, control: RunControl, bio: GeneratedBio) -> Outcome:
+def _commit_and_append(
+    pipeline: Pipeline, control: RunControl, bio: GeneratedBio, *, only_new: bool = False
+) -> Outcome:
     artist = bio.artist
     try:
         committed = pipeline.ledger.commit(bio)
@@ -183,6 +236,16 @@ def _commit_and_append(pipeline: Pipeline, control: RunControl, bio: GeneratedBi
     except psycopg.Error as exc:
         # The server refused this bio (e.g. a NUL byte, a constraint): this artist only.
         return _failed(artist, "db_rejected", first_line(exc))
+    if only_new and committed.response_id != bio.response_id:
+        # Another answer of this artist was committed first (a batch answer mentioned twice):
+        # that one stands, and its line is written already (or restored from the ledger).
+        return Outcome(
+            artist.artist_id,
+            artist.name,
+            "skipped",
+            "already_committed",
+            f"response {committed.response_id} was committed before",
+        )
     outcome = Outcome(
         artist.artist_id,
         artist.name,
@@ -253,6 +316,10 @@ class Tally:
 
 OutcomeCallback = Callable[[Outcome, Tally], None]
 
+T = TypeVar("T")
+#: What a worker does with one item (an artist, a batch answer); returns its outcome.
+Task = Callable[[Pipeline, RunControl, T], Outcome]
+
 
 @dataclass
 class _Window:
@@ -305,13 +372,63 @@ def process_artists_concurrent(
     that are left running (``tally.abandoned`` counts them; the caller must not close what
     they use).
     """
-    tally = Tally()
     streak_limit = failure_streak_limit or max(25, 2 * max_workers)
-    executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="artist")
+    return _run_window(
+        artists,
+        process_artist,
+        pipeline,
+        control,
+        _WindowOptions(max_workers, on_outcome, shutdown_grace, streak_limit),
+    )
+
+
+def process_answers_concurrent(
+    answers: Iterable[BatchAnswer],
+    pipeline: Pipeline,
+    control: RunControl,
+    *,
+    max_workers: int = 4,
+    on_outcome: OutcomeCallback | None = None,
+    shutdown_grace: float = 30.0,
+) -> Tally:
+    """Commit (or record) batch answers with ``max_workers`` threads, as
+    ``process_artists_concurrent`` processes artists (the same window, canary, stop flags
+    and grace), except that a streak of identical failures does not stop it: the answers
+    are paid for already, and each failure is its own artist's."""
+    return _run_window(
+        answers,
+        process_answer,
+        pipeline,
+        control,
+        _WindowOptions(max_workers, on_outcome, shutdown_grace, streak_limit=None),
+    )
+
+
+@dataclass(frozen=True)
+class _WindowOptions:
+    max_workers: int
+    on_outcome: OutcomeCallback | None
+    shutdown_grace: float
+    #: Identical failures in a row that stop the run (None: never).
+    streak_limit: int | None
+
+
+def _run_window(
+    items: Iterable[T],
+    task: Task[T],
+    pipeline: Pipeline,
+    control: RunControl,
+    options: _WindowOptions,
+) -> Tally:
+    tally = Tally()
+    executor = ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="artist")
     window = _Window(executor)
-    feeder = _Feeder(window, pipeline, control, tally, on_outcome, streak_limit)
+    feeder = _Feeder(
+        window, pipeline, control, tally, options.on_outcome, options.streak_limit, task
+    )
+    max_workers, shutdown_grace = options.max_workers, options.shutdown_grace
     try:
-        feeder.feed(artists, window_size=2 * max_workers)
+        feeder.feed(items, window_size=2 * max_workers)
         feeder.drain(shutdown_grace)
     except BaseException:
         # Something broke in the main thread (e.g. the input became unreadable): let the
@@ -342,17 +459,18 @@ def _shut_down(executor: ThreadPoolExecutor, window: _Window, tally: Tally) -> N
 
 
 @dataclass
-class _Feeder:
+class _Feeder(Generic[T]):
     window: _Window
     pipeline: Pipeline
     control: RunControl
     tally: Tally
     on_outcome: OutcomeCallback | None
-    streak_limit: int
+    streak_limit: int | None
+    task: Task[T]
     canary_done: bool = False
 
-    def feed(self, artists: Iterable[ArtistData], window_size: int) -> None:
-        for artist in artists:
+    def feed(self, items: Iterable[T], window_size: int) -> None:
+        for item in items:
             # The canary: until one outcome shows the key, prompt and quota work, only one
             # artist is in flight.
             limit = window_size if self.canary_done else 1
@@ -361,7 +479,7 @@ class _Feeder:
                 limit = window_size if self.canary_done else 1
             if self.control.stopping:
                 return
-            self.window.submit(process_artist, self.pipeline, self.control, artist)
+            self.window.submit(self.task, self.pipeline, self.control, item)
 
     def drain(self, grace: float) -> None:
         deadline: float | None = None
@@ -386,7 +504,8 @@ class _Feeder:
         # skipped one (--skip-existing) made no request.
         if outcome.status in ("committed", "failed") and not stops_run(outcome.code):
             self.canary_done = True
-        if self.tally.streak >= self.streak_limit and not self.control.stopping:
+        limit = self.streak_limit
+        if limit is not None and self.tally.streak >= limit and not self.control.stopping:
             self.control.abort(
                 RunAbortedError(
                     f"{self.tally.streak} artists in a row failed with '{self.tally.streak_code}' "

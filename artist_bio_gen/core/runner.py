@@ -7,7 +7,8 @@
 3. check everything that can be checked before spending money: the input file, the
    database, its table and columns, the ledger table;
 4. open the output, write a new job's manifest, reconcile the JSONL with the ledger;
-5. process the artists not yet done; reconcile again and save the checkpoint.
+5. process the artists not yet done (a batch job: ``core/batch.run_batch`` submits and
+   collects its batches instead); reconcile again and save the checkpoint.
 
 Nothing is written before step 4 (``--overwrite`` aside, which moves the old files away),
 so a run refused for a configuration mistake leaves no trace that would get in the way of
@@ -20,17 +21,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from ..api.batches import BatchApi
 from ..api.call import CallOptions
-from ..api.client import ClientPool, create_client_pool
+from ..api.client import ClientPool, create_client_pool, create_openai_client
 from ..api.limiter import LimiterSettings, RateLimiter
 from ..api.pricing import Price, price_for
 from ..config import Config
+from ..database.batches import BatchStore
 from ..database.connection import create_db_connection_pool, describe_database
 from ..database.schema import ensure_ledger, inspect_target_table
 from ..database.store import BioStore, JobTotals
@@ -39,8 +43,10 @@ from ..jobfiles import JobPaths, Manifest, write_manifest
 from ..models import ArtistData, ProcessingStats
 from ..utils.logging import TransactionLog
 from ..utils.uuidset import UuidSet
+from .batch import BatchReport, BatchRun, run_batch
+from .batch_parts import BatchParts
 from .budget import CostBudget, DailyBudget, UsageStore, utc_today
-from .failures import FailureLog, count_attempts
+from .failures import FailureLog, batch_failures, count_attempts
 from .job import decide_job
 from .jsonl import JsonlWriter
 from .ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
@@ -80,6 +86,8 @@ class RunResult:
     requests: RequestCounts = field(default_factory=RequestCounts)
     #: What all runs of the job committed and spent (None without a database).
     job_totals: JobTotals | None = None
+    #: A batch job's batches and what this run did with them (None for an online job).
+    batches: BatchReport | None = None
 
 
 class _Closable(Protocol):
@@ -134,11 +142,23 @@ def run_job(
             previous_attempts=count_attempts(paths.failures, job_id),
             call=_call_options(config, throttle),
         )
-        tally, stats, error = _process(config, pipeline, control, done, on_outcome, on_start)
+        batches: BatchReport | None = None
+        if config.mode == "batch":
+            parts = _batch_parts(config, paths, ledger, pipeline, control, done, stack)
+            batch = _batch(parts, on_outcome, on_start, today)
+            tally, stats, error, batches = batch.tally, batch.stats, batch.error, batch.report
+        else:
+            tally, stats, error = _process(config, pipeline, control, done, on_outcome, on_start)
         if tally.abandoned:
             left = _leave_running(stack, writer, tally.abandoned)
             return RunResult(
-                stats, job_id, error, control.interrupted, left, requests=throttle.counts
+                stats,
+                job_id,
+                error,
+                control.interrupted,
+                left,
+                requests=throttle.counts,
+                batches=batches,
             )
         # Quiet now (no worker can append), so the checkpoint is exact.
         _reconcile(paths, ledger, manifest, writer, mark.since(writer))
@@ -149,7 +169,61 @@ def run_job(
             control.interrupted,
             requests=throttle.counts,
             job_totals=_job_totals(ledger, job_id),
+            batches=batches,
         )
+
+
+def _batch_parts(
+    config: Config,
+    paths: JobPaths,
+    ledger: Ledger,
+    pipeline: Pipeline,
+    control: RunControl,
+    done: UuidSet,
+    stack: contextlib.ExitStack,
+) -> BatchParts:
+    """What a batch run works with (``config.py`` made sure the job has a database)."""
+    if not isinstance(ledger, DatabaseLedger):
+        raise UsageError("--mode batch needs the database; set DATABASE_URL or --db-url.")
+    job_id = ledger.job.job_id
+    client = create_openai_client(
+        config.api_key, config.base_url, timeout=config.request_timeout, max_retries=2
+    )
+    # The pipeline's attempts, as a Counter this run adds its batch failures to.
+    attempts = Counter(pipeline.previous_attempts)
+    return BatchParts(
+        config=config,
+        job_id=job_id,
+        paths=paths,
+        api=_closing(stack, BatchApi(client, config.api_key)),
+        store=BatchStore(ledger.store, job_id),
+        bios=ledger.store,
+        pipeline=replace(pipeline, previous_attempts=attempts),
+        control=control,
+        done=done,
+        attempts=attempts,
+        recorded_failures=batch_failures(paths.failures, job_id),
+        usage=ledger.usage(job_id),
+        totals=lambda: _job_totals(ledger, job_id),
+        price=_price_override(config),
+        on_outcome=None,
+        today=lambda: utc_today(),
+    )
+
+
+def _batch(
+    parts: BatchParts,
+    on_outcome: OutcomeCallback | None,
+    on_start: Callable[[int], None] | None,
+    today: Callable[[], date],
+) -> BatchRun:
+    parts = replace(parts, on_outcome=on_outcome, today=today)
+    config, pipeline, control = parts.config, parts.pipeline, parts.control
+
+    def online(skip: Collection[str]) -> tuple[Tally, ProcessingStats, ArtistBioGenError | None]:
+        return _process(config, pipeline, control, skip, on_outcome, None)
+
+    return run_batch(parts, online, on_start)
 
 
 def _check_output_location(paths: JobPaths) -> None:
@@ -337,7 +411,7 @@ def _process(
     config: Config,
     pipeline: Pipeline,
     control: RunControl,
-    done: UuidSet,
+    done: Collection[str],
     on_outcome: OutcomeCallback | None,
     on_start: Callable[[int], None] | None,
 ) -> tuple[Tally, ProcessingStats, ArtistBioGenError | None]:

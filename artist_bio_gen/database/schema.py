@@ -57,6 +57,46 @@ day             date         the UTC day
 requests        bigint       requests reserved for the day by all runs of the job
 ==============  ===========  ====================================================
 
+The batches of a job in batch mode (``m003``; ``database/batches.py`` reads and writes them,
+``core/batch.py`` has the design): ``artist_bio_batches``, one row per request file of a job,
+committed before the file is uploaded and before its batch is created, so that a crash
+between "created" and "recorded" is found again (by the batch's metadata) instead of
+creating a second batch:
+
+==============  ===========  ====================================================
+column          type         meaning
+==============  ===========  ====================================================
+job_id          uuid         the job (primary key with ``chunk``)
+chunk           integer      the request file's number in the job (1, 2, ...)
+state           text         ``recorded``, ``uploaded``, ``submitted`` or ``ended``
+requests        integer      request lines in the file
+input_file_id   text         the uploaded file (NULL until uploaded)
+batch_id        text         the batch (NULL until created and recorded); unique
+status          text         the batch's last status seen (``in_progress``, ...)
+completed       integer      the API's ``request_counts.completed`` (last seen)
+failed          integer      the API's ``request_counts.failed`` (last seen)
+committed       integer      answers this job committed from it when it ended
+failures        integer      lines recorded as failures of their artist
+resubmit        integer      lines left unanswered (expired, 429, a systemic error)
+error           text         why it failed as a whole (``code: message``), if it did
+created_at      timestamptz  when the row was recorded
+updated_at      timestamptz  its last change
+==============  ===========  ====================================================
+
+and ``artist_bio_batch_items``, the artists of each open batch (the request file's content,
+kept until the batch ended, so that a file can be uploaded again and an answer, which
+carries only the artist id, finds its artist's name and data):
+
+==============  ===========  ====================================================
+column          type         meaning
+==============  ===========  ====================================================
+job_id          uuid         the job
+chunk           integer      the request file (with ``job_id``: the batch's row)
+artist_id       uuid         the artist (``custom_id`` of its request line)
+artist_name     text         as read from the input
+artist_data     text         as read from the input (NULL when empty)
+==============  ===========  ====================================================
+
 A new column goes in a new migration appended to ``LEDGER_MIGRATIONS`` (never by editing
 ``_LEDGER_DDL``, which databases already hold), together with this table and the README's
 SQL for administrators.
@@ -80,6 +120,8 @@ logger = logging.getLogger(__name__)
 
 LEDGER_TABLE = "artist_bio_ledger"
 USAGE_TABLE = "artist_bio_usage"
+BATCHES_TABLE = "artist_bio_batches"
+BATCH_ITEMS_TABLE = "artist_bio_batch_items"
 
 _LEDGER_DDL = """
 CREATE TABLE IF NOT EXISTS artist_bio_ledger (
@@ -142,6 +184,54 @@ CREATE TABLE artist_bio_usage (
     day      DATE NOT NULL,
     requests BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, day)
+)
+"""
+
+
+@LEDGER_MIGRATIONS.register
+def m003_batches(conn: psycopg.Connection) -> None:
+    """The batches of batch mode and the artists of each open batch.
+
+    Two new tables, nothing else touched: a database migrated by this version still works
+    with online jobs exactly as before. The items reference their batch row and go with it
+    (``ON DELETE CASCADE``), though the tool itself deletes a batch's items once it ended
+    and keeps the row.
+    """
+    conn.execute(_BATCHES_DDL)
+    conn.execute(_BATCH_ITEMS_DDL)
+
+
+_BATCHES_DDL = """
+CREATE TABLE artist_bio_batches (
+    job_id        UUID NOT NULL,
+    chunk         INTEGER NOT NULL,
+    state         TEXT NOT NULL,
+    requests      INTEGER NOT NULL,
+    input_file_id TEXT,
+    batch_id      TEXT UNIQUE,
+    status        TEXT,
+    completed     INTEGER,
+    failed        INTEGER,
+    committed     INTEGER NOT NULL DEFAULT 0,
+    failures      INTEGER NOT NULL DEFAULT 0,
+    resubmit      INTEGER NOT NULL DEFAULT 0,
+    error         TEXT,
+    created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, chunk),
+    CHECK (state IN ('recorded', 'uploaded', 'submitted', 'ended'))
+)
+"""
+
+_BATCH_ITEMS_DDL = """
+CREATE TABLE artist_bio_batch_items (
+    job_id      UUID NOT NULL,
+    chunk       INTEGER NOT NULL,
+    artist_id   UUID NOT NULL,
+    artist_name TEXT NOT NULL,
+    artist_data TEXT,
+    PRIMARY KEY (job_id, chunk, artist_id),
+    FOREIGN KEY (job_id, chunk) REFERENCES artist_bio_batches (job_id, chunk) ON DELETE CASCADE
 )
 """
 
@@ -222,7 +312,8 @@ def ensure_ledger(
         return migrations.apply(pool, where)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise ConfigError(
-            f"Cannot set up the ledger tables {LEDGER_TABLE}, {USAGE_TABLE} and {VERSION_TABLE} "
+            f"Cannot set up the ledger tables {LEDGER_TABLE}, {USAGE_TABLE}, {BATCHES_TABLE}, "
+            f"{BATCH_ITEMS_TABLE} and {VERSION_TABLE} "
             f"in {where} "
             f"({first_line(exc)}); ask an administrator to create them (README, 'Database') "
             "or grant CREATE on the schema."

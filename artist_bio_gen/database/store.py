@@ -19,7 +19,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_CEILING, Decimal
@@ -127,6 +127,16 @@ class BioStore:
         # Composed once: building the statement per commit would cost CPU on the hot path.
         self._statements = _Statements(table) if table is not None else None
 
+    @property
+    def pool(self) -> ConnectionPool:
+        """The connection pool (shared with ``database/batches.BatchStore``)."""
+        return self._pool
+
+    def retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        """``attempt()``, retried while the database is unreachable (as every read here);
+        ``attempt`` must be safe to repeat after a connection lost during its COMMIT."""
+        return self._with_retries(what, attempt)
+
     def _sql(self) -> _Statements:
         if self._statements is None:
             raise RuntimeError("this BioStore was opened without a target table")
@@ -168,6 +178,22 @@ class BioStore:
             with self._pool.connection() as conn:
                 found = conn.execute(self._sql().has_bio, (artist_id,)).fetchone()
                 return None if found is None else bool(found[0])
+
+        return self._with_retries("bio lookup", attempt)
+
+    def bio_states(self, artist_ids: Sequence[str]) -> dict[str, bool]:
+        """For those of ``artist_ids`` (canonical) that have a row in the user's table:
+        whether it has a bio (``--skip-existing`` of a batch job, many artists at once)."""
+        if not artist_ids:
+            return {}
+        # An array literal of unknown type: the server casts it to the id column's type
+        # (uuid or text alike); canonical UUIDs hold no character that needs quoting.
+        literal = "{" + ",".join(artist_ids) + "}"
+
+        def attempt() -> dict[str, bool]:
+            with self._pool.connection() as conn:
+                rows = conn.execute(self._sql().bio_states, (literal,)).fetchall()
+            return {str(row[0]): bool(row[1]) for row in rows}
 
         return self._with_retries("bio lookup", attempt)
 
@@ -423,6 +449,9 @@ class _Statements:
         self.has_bio = sql.SQL("SELECT bio IS NOT NULL AND bio <> '' FROM {} WHERE id = %s").format(
             table.identifier
         )
+        self.bio_states = sql.SQL(
+            "SELECT lower(id::text), bio IS NOT NULL AND bio <> '' FROM {} WHERE id = ANY(%s)"
+        ).format(table.identifier)
 
 
 def _commit_statement(table: TargetTable, *, skip_existing: bool) -> sql.Composed:

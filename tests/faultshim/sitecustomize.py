@@ -11,7 +11,9 @@ Without ``ABG_FAULT`` in the environment this module does nothing.
 * ``mid_write:N``     during the Nth ``os.write`` to the output file: half the bytes are
   written with the real ``os.write``, then the process dies (a torn last line);
 * ``before_fsync:N``  at the first ``os.fsync`` of the output file after its Nth write (the
-  line is whole in the page cache but was never fsynced).
+  line is whole in the page cache but was never fsynced);
+* ``after_batch_create:N``  right after the Nth ``BatchApi.create`` returns (batch mode: the
+  batch exists at the API, its id is not recorded yet).
 
 ``ABG_FAULT_FILE`` names the output file whose writes are counted (default ``out.jsonl``,
 compared by file name, so ``out.failures.jsonl`` and the other side files never count).
@@ -36,9 +38,10 @@ from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
 
-POINTS = ("after_commit", "mid_write", "before_fsync")
+POINTS = ("after_commit", "mid_write", "before_fsync", "after_batch_create")
 _STORE_MODULE = "artist_bio_gen.database.store"
 _OUTPUT_MODULE = "artist_bio_gen.core.jsonl"
+_BATCHES_MODULE = "artist_bio_gen.api.batches"
 
 _real_write = os.write
 _real_fsync = os.fsync
@@ -99,6 +102,22 @@ def _patch_store(module: ModuleType, n: int) -> None:
         return committed
 
     store_class.commit = commit
+
+
+def _patch_batches(module: ModuleType, n: int) -> None:
+    """after_batch_create: die right after the Nth batch was created, before its id is
+    recorded (the report names the batch id as ``artist_id``)."""
+    api_class = module.BatchApi
+    original = api_class.create
+    counter = _Counter(n)
+
+    def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        info = original(self, *args, **kwargs)
+        if counter.hit():
+            _die("after_batch_create", n, info.id)
+        return info
+
+    api_class.create = create
 
 
 class _OsProxy:
@@ -199,6 +218,8 @@ def _install(spec: str) -> None:
     point, n = _parse(spec)
     if point == "after_commit":
         patches = {_STORE_MODULE: lambda module: _patch_store(module, n)}
+    elif point == "after_batch_create":
+        patches = {_BATCHES_MODULE: lambda module: _patch_batches(module, n)}
     else:
         patches = {_OUTPUT_MODULE: lambda module: _patch_output(module, point, n)}
     sys.meta_path.insert(0, _PatchOnImport(patches))

@@ -26,6 +26,13 @@ Every reply then carries `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
     fake.add_rule("rate_limit", fraction=0.3)  # 30% of requests
     fake.add_rule("server_error", fraction=0.1)  # another 10%, not 10% of the other 70%
     fake.add_rule("drop", every=20)  # every 20th request that gets this far
+
+The Files and Batches endpoints (`fake.batches`, see `fake_batches.py`) answer each request
+line of a batch with the same rules, without counting it as an online request
+(`total_requests`, `calls`, `requests` stay about /v1/responses; `batch_calls` counts lines)::
+
+    fake.batches.script(outcome="expired", answered=10)
+    fake.add_rule("bad_request", name="Björk")  # her line is a 400 in the error file
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
+
+from .fake_batches import BatchService
 
 __all__ = [
     "FAULTS",
@@ -615,14 +624,36 @@ class _Handler(BaseHTTPRequestHandler):
         """Silence the default per-request stderr logging."""
 
     def do_GET(self) -> None:
-        """Only POST /v1/responses exists here; anything else is an OpenAI-style 404."""
+        """The Files and Batches endpoints; anything else is an OpenAI-style 404."""
+        if not self._batch_route("GET", b""):
+            self._not_found()
+
+    def do_DELETE(self) -> None:
+        """DELETE /v1/files/{id}; anything else is an OpenAI-style 404."""
+        raw = self._read_body()
+        if not self._batch_route("DELETE", raw):
+            self._not_found()
+
+    def _not_found(self) -> None:
         error = {"message": "Unknown path.", "type": "invalid_request_error", "code": None}
         self._send_json(404, {"error": error})
+
+    def _batch_route(self, method: str, raw: bytes) -> bool:
+        """Answer a Files or Batches request; False when the path is not one of theirs."""
+        url = urlsplit(self.path)
+        content_type = self.headers.get("Content-Type", "")
+        reply = self.server.fake.batches.handle(method, url.path, url.query, content_type, raw)
+        if reply is None:
+            return False
+        status, payload, kind = reply
+        self._send_bytes(status, payload, content_type=kind)
+        return True
 
     def do_POST(self) -> None:
         raw = self._read_body()
         if urlsplit(self.path).path.rstrip("/") != "/v1/responses":
-            self.do_GET()
+            if not self._batch_route("POST", raw):
+                self._not_found()
             return
         try:
             body: Any = json.loads(raw)
@@ -827,6 +858,9 @@ class FakeOpenAI:
         self._wakeup_writer: socket.socket
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._batch_calls: Counter[str | None] = Counter()
+        #: The Files and Batches endpoints (see `fake_batches.BatchService`).
+        self.batches = BatchService(self._batch_answer, seed=seed)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -1040,6 +1074,9 @@ class FakeOpenAI:
         self.release()
         self.latency = 0.0
         self.reset_counts()
+        self.batches.reset()
+        with self._lock:
+            self._batch_calls.clear()
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -1104,6 +1141,43 @@ class FakeOpenAI:
             self._rate_limited.clear()
             self._records.clear()
             self._concurrent_max = self._in_flight
+
+    def batch_calls(self, name: str | None) -> int:
+        """Batch request lines answered (or left unserved) for artist `name`."""
+        with self._lock:
+            return self._batch_calls[name]
+
+    def _batch_answer(self, body: Any) -> tuple[int, dict[str, Any]] | None:
+        """One request line of a batch, answered by the rules: (status, body), or None when
+        the rule leaves it unserved ("hang", "drop"): the batch reports it as expired.
+
+        The line is not an online request: it is counted by `batch_calls` only, and the
+        enforced rate limits (a separate pool for batches, as on the real API) do not see it.
+        """
+        name = artist_name_from(body)
+        with self._lock:
+            self._batch_calls[name] += 1
+            index = self._match_rule(name, None)
+            rule = self._rules[index] if index is not None else None
+            if index is not None:
+                self._use_rule(index)
+        fault = rule.fault if rule is not None else "ok"
+        model = body.get("model") if isinstance(body, dict) else None
+        model = model if isinstance(model, str) and model else "fake-model"
+        if fault in ("ok", "empty", "citations"):
+            text = _reply_text(fault, name, rule.text if rule is not None else None)
+            # Real batch answers report the tier they would have had online, not "batch".
+            return 200, _response_payload(model, text, "default")
+        if fault == "malformed":
+            return 200, {"id": "resp_truncated", "object": "response"}
+        if fault in _ERRORS:
+            prompt = body.get("prompt") if isinstance(body, dict) else None
+            prompt_id = prompt.get("id") if isinstance(prompt, dict) else None
+            payload = _error_payload(
+                fault, model=model, name=name, prompt_id=prompt_id or "x", retry_after="1"
+            )
+            return _ERRORS[fault][0], payload
+        return None
 
     # -- used by the handler --------------------------------------------------------------------
 

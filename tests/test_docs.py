@@ -24,6 +24,7 @@ import pytest
 import artist_bio_gen.cli
 from artist_bio_gen import config, exit_codes
 from artist_bio_gen.cli import batch as cli_batch
+from artist_bio_gen.cli import status as cli_status
 from artist_bio_gen.cli import verify as cli_verify
 from artist_bio_gen.errors import UsageError
 from artist_bio_gen.failure_codes import FAILURE_CODES
@@ -76,6 +77,7 @@ def test_every_command_is_discovered() -> None:
     assert parser_factories() == {
         PROGRAM: cli_main.create_argument_parser,
         f"{PROGRAM} verify": cli_verify.create_verify_parser,
+        f"{PROGRAM} status": cli_status.create_status_parser,
         f"{PROGRAM} batch cancel": cli_batch.create_batch_cancel_parser,
     }
 

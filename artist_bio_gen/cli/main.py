@@ -31,6 +31,7 @@ from ..models import ProcessingStats
 from ..utils.logging import setup_logging
 from .batch import batch_summary_lines, cancel_arguments
 from .progress import Progress
+from .status import run_status
 from .verify import run_verify
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ examples:
 
   # nightly from cron: at most 5,000 requests a day and $20 a night, flex prices
   artist-bio-gen --resume --daily-limit 5000 --max-cost 20 --service-tier flex
+
+  # how far is the job of bios.jsonl, how did its last run end, is a run working on it?
+  artist-bio-gen status --output bios.jsonl          # --json for one JSON object
 
   # check that bios.jsonl mirrors the database, and repair what can be repaired
   artist-bio-gen verify --output bios.jsonl --repair
@@ -387,6 +391,8 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     setup_logging("--verbose" in args_list, secrets=_secret_arguments(args_list))
     if args_list[:1] == ["verify"]:
         return _guarded(lambda: run_verify(args_list[1:]), "--verbose" in args_list)
+    if args_list[:1] == ["status"]:
+        return _guarded(lambda: run_status(args_list[1:]), "--verbose" in args_list)
     if args_list[:2] == ["batch", "cancel"]:
         cancel = cancel_arguments(args_list[2:])
         return _guarded(lambda: _run(cancel), cancel.verbose)

@@ -251,6 +251,57 @@ def _refuse_extra_lines(
         )
 
 
+@dataclass(frozen=True)
+class QuickCheck:
+    """What the start of a run would find (``status``): reconcile's comparison, read-only."""
+
+    #: JSONL lines and ledger rows after the checkpoint, the part that was compared.
+    lines: int
+    rows: int
+    #: The checkpoint no longer matched the file, so the whole file was compared.
+    full_scan: bool
+    #: Committed bios without a line: the next run appends them (repairable).
+    missing_in_jsonl: int
+    #: Bios in the JSONL the ledger does not have: not repairable (a run exits 6).
+    missing_in_db: list[str]
+    torn_tail_bytes: int
+
+    @property
+    def consistent(self) -> bool:
+        """False when the JSONL holds bios the database does not (what stops a run)."""
+        return not self.missing_in_db
+
+
+def quick_check(path: Path, manifest: Manifest, store: BioStore) -> QuickCheck:
+    """Compare the JSONL and the ledger after the manifest's checkpoint, writing nothing.
+
+    The lines are read before the rows: a line is written only after its row committed, so
+    even while a run is appending, every line read here has a row the query below sees, and
+    only a real disagreement shows as ``missing_in_db``. Rows without a line are normal
+    while a run is writing (it appends them in a moment) and after a crash (the next run
+    appends them).
+    """
+    cp = _usable_checkpoint(path, manifest)
+    scan = scan_jsonl(path, cp.jsonl_size)
+    matched = UuidSet()
+    rows = missing = 0
+    for artist_id in store.iter_job_ids(manifest.job_id, after_seq=cp.ledger_seq):
+        rows += 1
+        if artist_id in scan.ids:
+            matched.add(artist_id)
+        else:
+            missing += 1
+    extra = [artist_id for artist_id in scan.ids if artist_id not in matched]
+    return QuickCheck(
+        lines=scan.lines,
+        rows=rows,
+        full_scan=cp != manifest.checkpoint,
+        missing_in_jsonl=missing,
+        missing_in_db=store.missing_from_ledger(manifest.job_id, extra),
+        torn_tail_bytes=torn_tail_bytes(path),
+    )
+
+
 @dataclass
 class VerifyReport:
     """A full comparison of a job's JSONL and its ledger rows."""

@@ -226,6 +226,18 @@ class BioStore:
             for values in cursor:
                 yield _committed(values)
 
+    def iter_job_ids(self, job_id: str, after_seq: int = 0) -> Iterator[str]:
+        """The artist ids of a job's rows after ``after_seq``, streamed (no bio text: a quick
+        check compares ids only)."""
+        with self._pool.connection() as conn, conn.transaction():
+            cursor = conn.cursor(name="ledger_ids")
+            cursor.execute(
+                f"SELECT artist_id::text FROM {LEDGER_TABLE} WHERE job_id = %s AND seq > %s",
+                (job_id, after_seq),
+            )
+            for (artist_id,) in cursor:
+                yield str(artist_id)
+
     def wait_for_job_commits(self, job_id: str) -> None:
         """Return once no commit of this job is running anywhere.
 

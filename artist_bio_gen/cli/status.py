@@ -1,0 +1,312 @@
+"""``artist-bio-gen status``: show a job without running it (``core/status.py`` gathers it).
+
+Exit codes: 0 the JSONL agrees with the database (or the job has none), 6 the JSONL holds
+bios the database does not (what a run would stop on), 3 the job's database could not be
+read (no URL, another database, unreachable: what the files know is shown), 2 there is no
+job at ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .. import exit_codes
+from ..config import DEFAULT_OUTPUT, load_environment
+from ..core.recovery import QuickCheck
+from ..core.status import Counts, JobStatus, Spend, job_status
+from ..database.batches import BatchRecord
+from ..utils.logging import setup_logging
+
+EPILOG = """\
+examples:
+  artist-bio-gen status                          # the job of out.jsonl
+  artist-bio-gen status --output bios.jsonl --json | jq .counts
+
+exit codes: 0 the JSONL agrees with the database (or the job has no database), 2 no job at
+--output, 3 the job's database could not be read (no URL, another database, unreachable;
+what the job's files know is shown), 6 the JSONL holds bios the database does not (see
+verify).
+"""
+
+
+def create_status_parser() -> argparse.ArgumentParser:
+    """The parser of ``artist-bio-gen status``."""
+    parser = argparse.ArgumentParser(
+        prog="artist-bio-gen status",
+        description=(
+            "Show a job without running it or calling the API: its input, prompt, database, "
+            "how many artists are done, failed, given up and remaining, what it has spent, "
+            "how its last run ended, whether a run holds it now, whether its JSONL agrees "
+            "with the database (the quick check a run makes at its start; 'verify' is the "
+            "full one) and, for a batch job, its batches."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--output",
+        metavar="PATH",
+        default=DEFAULT_OUTPUT,
+        help=f"the job's JSONL (default {DEFAULT_OUTPUT})",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument("--db-url", metavar="URL", help="postgresql:// URL (env DATABASE_URL)")
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        default=3,
+        help="failed attempts after which an artist counts as given up, as the runs use "
+        "(default 3)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    return parser
+
+
+def run_status(argv: Sequence[str]) -> int:
+    """Entry point of the ``status`` subcommand; returns the exit code."""
+    args = create_status_parser().parse_args(list(argv))
+    url = args.db_url or load_environment().get("DATABASE_URL")
+    setup_logging(args.verbose, secrets=(url,))
+    status = job_status(Path(args.output), url, max(1, args.max_attempts))
+    if args.json:
+        json.dump(status_json(status), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        write_status(status, sys.stdout)
+    return status.exit_code
+
+
+# --- JSON ----------------------------------------------------------------------------------
+
+
+def status_json(status: JobStatus) -> dict[str, Any]:
+    """The status as one JSON object (the keys are a contract, like the exit codes)."""
+    manifest, settings, db = status.manifest, status.manifest.settings, status.database
+    check = status.check
+    return {
+        "output": str(status.paths.output),
+        "job_id": manifest.job_id,
+        "created_at": manifest.created_at,
+        "mode": settings.mode,
+        "input": manifest.input,
+        "prompt_id": settings.prompt_id,
+        "prompt_version": settings.prompt_version,
+        "model": settings.model,
+        "database": {
+            "name": db.name,
+            "table": db.table,
+            "reachable": db.reachable,
+            "error": db.error,
+        },
+        "counts": _counts_json(status.counts),
+        "spend": {
+            "cost_usd": round(status.spend.cost_usd, 9),
+            "unpriced": status.spend.unpriced,
+            "total_tokens": status.spend.total_tokens,
+            "source": status.spend.source,
+        },
+        "running": {"held": status.lock.held, "pid": status.lock.pid},
+        "check": None
+        if check is None
+        else {
+            "consistent": check.consistent,
+            "lines": check.lines,
+            "rows": check.rows,
+            "full_scan": check.full_scan,
+            "missing_in_jsonl": check.missing_in_jsonl,
+            "missing_in_database": len(check.missing_in_db),
+            "missing_in_database_ids": check.missing_in_db[:10],
+        },
+        "torn_tail_bytes": status.torn_tail_bytes,
+        "batches": None if status.batches is None else [_batch_json(b) for b in status.batches],
+        "exit_code": status.exit_code,
+        "meaning": _result(status),
+    }
+
+
+def _counts_json(counts: Counts) -> dict[str, Any]:
+    return {
+        "done": counts.done,
+        "failed": counts.failed,
+        "given_up": counts.given_up,
+        "remaining": counts.remaining,
+        "input_artists": counts.input_artists,
+        "bad_lines": counts.bad_lines,
+        "input_error": counts.input_error,
+    }
+
+
+def _batch_json(record: BatchRecord) -> dict[str, Any]:
+    return {
+        "chunk": record.chunk,
+        "batch_id": record.batch_id,
+        "state": record.state,
+        "status": record.status,
+        "requests": record.requests,
+        "completed": record.completed,
+        "failed": record.failed,
+        "committed": record.committed,
+        "failures": record.failures,
+        "resubmit": record.resubmit,
+        "error": record.error,
+    }
+
+
+# --- text ----------------------------------------------------------------------------------
+
+
+def write_status(status: JobStatus, out: TextIO) -> None:
+    """The status for a human, one figure a line."""
+    for line in status_lines(status):
+        out.write(line + "\n")
+
+
+def status_lines(status: JobStatus) -> list[str]:
+    """The lines ``write_status`` prints."""
+    manifest, settings = status.manifest, status.manifest.settings
+    lines = [
+        f"status of {status.paths.output}",
+        _row("job", f"{manifest.job_id} ({settings.mode}), created {manifest.created_at}"),
+        _row("input", manifest.input),
+        _row("prompt", _prompt(status)),
+        _row("database", _database(status)),
+    ]
+    lines += _count_lines(status.counts)
+    lines.append(_row("spend", _spend(status.spend)))
+    lines.append(_row("running now", _running(status)))
+    lines.append(_row("JSONL check", _check(status)))
+    if status.batches is not None:
+        lines += _batch_lines(status.batches)
+    lines.append(_row("result", f"{_result(status)} (exit {status.exit_code})"))
+    return lines
+
+
+def _row(label: str, value: str) -> str:
+    return f"  {label:<18}{value}"
+
+
+def _prompt(status: JobStatus) -> str:
+    settings = status.manifest.settings
+    parts = []
+    if settings.prompt_id:
+        version = f" version {settings.prompt_version}" if settings.prompt_version else ""
+        parts.append(f"stored prompt {settings.prompt_id}{version}")
+    if settings.model:
+        parts.append(f"model {settings.model}")
+    text = ", ".join(parts) or "the account's default"
+    return text + (" (instructions recorded in the job)" if settings.instructions_sha256 else "")
+
+
+def _database(status: JobStatus) -> str:
+    db = status.database
+    if db.name is None:
+        return "none (the JSONL is the record)"
+    where = f"{db.name}, table {db.table}"
+    if db.reachable is False:
+        return f"{where}: NOT READ. {db.error} The figures below come from the job's files."
+    return where
+
+
+def _count_lines(counts: Counts) -> list[str]:
+    of = f" of {counts.input_artists:,} input artists" if counts.input_artists is not None else ""
+    lines = [
+        _row("done", f"{counts.done:,}{of}"),
+        _row("failed", f"{counts.failed:,} (the next --resume retries them)"),
+        _row("given up", f"{counts.given_up:,} (--resume --retry-failed retries them)"),
+    ]
+    if counts.remaining is None:
+        lines.append(_row("remaining", f"unknown: {counts.input_error}"))
+    else:
+        bad = f"; {counts.bad_lines:,} bad input lines" if counts.bad_lines else ""
+        lines.append(
+            _row("remaining", f"{counts.remaining:,} (not yet committed, failed included{bad})")
+        )
+    return lines
+
+
+def _spend(spend: Spend) -> str:
+    unpriced = f" (+{spend.unpriced:,} bios of unknown price)" if spend.unpriced else ""
+    return (
+        f"${spend.cost_usd:,.4f}{unpriced}, {spend.total_tokens:,} tokens (from the {spend.source})"
+    )
+
+
+def _running(status: JobStatus) -> str:
+    lock = status.lock
+    if not lock.held:
+        return "no"
+    pid = f"pid {lock.pid}" if lock.pid is not None else "pid unknown"
+    return f"yes, {pid} holds the run lock"
+
+
+def _check(status: JobStatus) -> str:
+    check = status.check
+    torn = (
+        f"; a torn last line of {status.torn_tail_bytes:,} bytes (the next run cuts it)"
+        if status.torn_tail_bytes
+        else ""
+    )
+    if status.database.name is None:
+        return "nothing to compare: the job has no database" + torn
+    if check is None:
+        return "not made: the database was not read" + torn
+    compared = _compared(status, check)
+    if check.missing_in_db:
+        ids = ", ".join(check.missing_in_db[:10])
+        return (
+            f"DIFFERENT: the JSONL holds {len(check.missing_in_db):,} bios the database does "
+            f"not (ids: {ids}); run 'artist-bio-gen verify' ({compared}){torn}"
+        )
+    pending = (
+        f"; {check.missing_in_jsonl:,} committed bios not in the JSONL yet (the next run, or "
+        "the running one, appends them)"
+        if check.missing_in_jsonl
+        else ""
+    )
+    return f"consistent: {compared}{pending}{torn}"
+
+
+def _compared(status: JobStatus, check: QuickCheck) -> str:
+    if check.full_scan:
+        return f"the whole file: {check.lines:,} lines, {check.rows:,} committed rows"
+    before = f"{status.manifest.checkpoint.lines:,} lines agreed at the last checkpoint"
+    if not (check.lines or check.rows):
+        return f"{before}, nothing written since"
+    return f"{before}, then {check.lines:,} lines and {check.rows:,} committed rows"
+
+
+def _batch_lines(batches: list[BatchRecord]) -> list[str]:
+    open_batches = sum(1 for record in batches if record.open)
+    lines = [_row("batches", f"{len(batches):,}: {open_batches:,} open")]
+    for record in batches:
+        status = record.status or record.state
+        answered = ""
+        if record.completed is not None:
+            answered = f", answered {record.completed:,}, failed {record.failed or 0:,}"
+        collected = ""
+        if not record.open:
+            collected = (
+                f"; committed {record.committed:,}, failures {record.failures:,}, "
+                f"resubmitted {record.resubmit:,}"
+            )
+        error = f" ({record.error})" if record.error else ""
+        lines.append(
+            f"    {record.chunk:>4} {record.batch_id or '(not created)'} {record.state}/"
+            f"{status}{error}: {record.requests:,} requests{answered}{collected}"
+        )
+    return lines
+
+
+def _result(status: JobStatus) -> str:
+    code = status.exit_code
+    if code == exit_codes.EXIT_OUT_OF_SYNC:
+        return "the JSONL holds bios the database does not"
+    if code == exit_codes.EXIT_CONFIG_ERROR:
+        return "the database could not be read"
+    return "consistent"

@@ -3,9 +3,10 @@
 Everything a job needs to resume lives next to the output, so ``--output X`` alone identifies
 the job. For ``out.jsonl`` the side files are ``out.job.json`` (the manifest),
 ``out.failures.jsonl``, ``out.transactions.jsonl``, ``out.jsonl.lock``, ``out.run.lock``,
-for a job without a database and with a daily request limit ``out.usage.json``, and while a
-batch job uploads or collects files ``out.batch-upload.jsonl``, ``out.batch-download.jsonl``
-and ``out.batch-errors.jsonl``.
+``out.lastrun.json`` (how the last run started and ended, for ``status``), for a job without
+a database and with a daily request limit ``out.usage.json``, and while a batch job uploads
+or collects files ``out.batch-upload.jsonl``, ``out.batch-download.jsonl`` and
+``out.batch-errors.jsonl``.
 
 The manifest records the job id (the key of its ledger rows), the input file and the
 settings that define what a bio of this job is (prompt, model, instructions, database and
@@ -88,6 +89,11 @@ class JobPaths:
     def batch_errors(self) -> Path:
         """Batch mode: a batch's error file being collected (deleted after)."""
         return self._side(".batch-errors.jsonl")
+
+    @property
+    def last_run(self) -> Path:
+        """The last run's start and end (``LastRun``), shown by ``status``."""
+        return self._side(".lastrun.json")
 
     @property
     def transaction_log(self) -> Path:
@@ -205,3 +211,45 @@ def write_manifest(paths: JobPaths, manifest: Manifest) -> None:
     """Replace the manifest atomically (a crash leaves the old or the new one, whole)."""
     text = json.dumps(manifest.to_json(), indent=2) + "\n"
     atomic_write(paths.manifest, text.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """The contents of the last-run file: written when a run of the job starts (``ended_at``
+    still None) and replaced when it ends, however it ends short of a SIGKILL."""
+
+    job_id: str
+    pid: int
+    host: str
+    #: ``run`` (a run or ``--resume``) or ``batch cancel``.
+    command: str
+    started_at: str
+    ended_at: str | None = None
+    elapsed_seconds: float | None = None
+    exit_code: int | None = None
+    #: The exit code's meaning (``exit_codes.meaning``).
+    outcome: str | None = None
+    #: The run's own figures (None when it ended before processing).
+    committed: int | None = None
+    failed: int | None = None
+    skipped: int | None = None
+    requests: int | None = None
+    cost_usd: float | None = None
+    #: The one-sentence error it ended with (None when it ended without one).
+    error: str | None = None
+
+
+def read_last_run(paths: JobPaths) -> LastRun | None:
+    """The last-run record, or None when there is none or it cannot be read (it is only
+    information: an unreadable one must not hide the rest of a job's status)."""
+    try:
+        data = json.loads(paths.last_run.read_text(encoding="utf-8"))
+        return LastRun(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def write_last_run(paths: JobPaths, record: LastRun) -> None:
+    """Replace the last-run file atomically."""
+    text = json.dumps(asdict(record), indent=2) + "\n"
+    atomic_write(paths.last_run, text.encode("utf-8"))

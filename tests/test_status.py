@@ -10,6 +10,9 @@ except where a real other process is the point (the run holding the lock).
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import socket
 import subprocess
 import time
@@ -39,6 +42,11 @@ def status_json(job: Job, *extra: str, code: int = exit_codes.EXIT_SUCCESS) -> d
     data = json.loads(result.stdout)  # stdout holds the one object and nothing else
     assert isinstance(data, dict)
     return data
+
+
+def without_last_run(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with its last run replaced as ``expected`` has it (compared apart)."""
+    return data | {"last_run": "compared apart"}
 
 
 def manifest(job: Job, name: str = "out") -> dict[str, Any]:
@@ -99,6 +107,7 @@ def expected(job: Job, **changes: Any) -> dict[str, Any]:
             "source": "ledger",
         },
         "running": {"held": False, "pid": None},
+        "last_run": "compared apart",
         "check": {
             "consistent": True,
             "lines": 0,
@@ -121,6 +130,42 @@ def expected(job: Job, **changes: Any) -> dict[str, Any]:
     return data
 
 
+_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def last_run(data: dict[str, Any]) -> dict[str, Any]:
+    """The --json object's last run without its clock readings (checked for form here)."""
+    record = dict(data["last_run"])
+    assert _TIME.match(record.pop("started_at"))
+    ended = record.pop("ended_at")
+    elapsed = record.pop("elapsed_seconds")
+    if record["state"] == "ended":
+        assert _TIME.match(ended) and elapsed >= 0
+    else:
+        assert ended is None and elapsed is None
+    return record
+
+
+def ended_run(job: Job, code: int, **figures: Any) -> dict[str, Any]:
+    """The last run of ``job`` as recorded by this (in-process) test run, ending in ``code``."""
+    record = {
+        "job_id": manifest(job)["job_id"],
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": "run",
+        "exit_code": code,
+        "outcome": exit_codes.meaning(code),
+        "committed": None,
+        "failed": None,
+        "skipped": None,
+        "requests": None,
+        "cost_usd": None,
+        "error": None,
+        "state": "ended",
+    }
+    return record | figures
+
+
 def run(job: Job, *extra: str, code: int = exit_codes.EXIT_SUCCESS) -> CliResult:
     result = job.run(*job.input_args("--model", MODEL, *extra))
     assert result.code == code, result.stderr
@@ -134,9 +179,12 @@ def test_a_finished_job(make_job: MakeJob) -> None:
     job = make_job(12, seed=901)
     run(job)
     data = status_json(job)
-    assert data == expected(job)
+    assert without_last_run(data) == expected(job)
     cost, _, tokens = ledger_spend(job.database)  # type: ignore[arg-type]
     assert cost > 0 and tokens > 0, "the figures compared are not empty"
+    assert last_run(data) == ended_run(
+        job, 0, committed=12, failed=0, skipped=0, requests=12, cost_usd=round(cost, 9)
+    )
 
     text = status(job)
     assert text.code == 0, text.stderr
@@ -145,6 +193,10 @@ def test_a_finished_job(make_job: MakeJob) -> None:
     assert "  done              12 of 12 input artists" in lines
     assert "  remaining         0 (not yet committed, failed included)" in lines
     assert "  running now       no" in lines
+    assert (
+        f"  last outcome      exit 0: done; 12 committed, 0 failed, 12 requests, ${cost:,.4f}"
+        in (lines)
+    )
     assert f"  spend             ${cost:,.4f}, {tokens:,} tokens (from the ledger)" in lines
     assert lines[-1] == "  result            consistent (exit 0)"
     assert text.stderr == ""
@@ -157,12 +209,21 @@ def test_a_failed_job_counts_failed_and_given_up_artists(make_job: MakeJob) -> N
     run(job, code=exit_codes.EXIT_API_FAILURES)
 
     data = status_json(job)
-    assert data == expected(job, counts={"done": 11, "failed": 1, "remaining": 1}), (
-        "failed once: the next --resume retries it"
+    assert without_last_run(data) == expected(
+        job, counts={"done": 11, "failed": 1, "remaining": 1}
+    ), "failed once: the next --resume retries it"
+    assert last_run(data) == ended_run(
+        job,
+        exit_codes.EXIT_API_FAILURES,
+        committed=11,
+        failed=1,
+        skipped=0,
+        requests=12,
+        cost_usd=expected(job)["spend"]["cost_usd"],
     )
     given_up = status_json(job, "--max-attempts", "1")
     assert (
-        given_up["counts"] | {}
+        given_up["counts"]
         == expected(job, counts={"done": 11, "given_up": 1, "remaining": 1})["counts"]
     )
     text = status(job).stdout
@@ -174,7 +235,19 @@ def test_a_half_done_job_shows_what_remains_and_the_bios_the_next_run_appends(
 ) -> None:
     job = make_job(12, seed=903)
     run(job, "--limit", "5", code=exit_codes.EXIT_LIMIT_REACHED)
-    assert status_json(job) == expected(job, counts={"done": 5, "remaining": 7})
+    data = status_json(job)
+    assert without_last_run(data) == expected(job, counts={"done": 5, "remaining": 7})
+    assert last_run(data) == ended_run(
+        job,
+        exit_codes.EXIT_LIMIT_REACHED,
+        committed=5,
+        failed=0,
+        skipped=0,
+        requests=5,
+        cost_usd=expected(job)["spend"]["cost_usd"],
+        error="--limit 5 reached: this run started 5 artists and more are left; run again "
+        "with --resume to continue.",
+    )
 
     # A crash between a commit and its line: the ledger has a bio the JSONL lacks. That is
     # what a run repairs at its start, so status says so and still exits 0.
@@ -221,7 +294,7 @@ def test_a_job_whose_database_is_unreachable_shows_what_its_files_know(
         for line in (job.dir / "out.transactions.jsonl").read_text().splitlines()
         if json.loads(line)["event"] == "commit"
     )
-    assert data == expected(
+    assert without_last_run(data) == expected(
         job,
         database={"name": recorded["settings"]["database"], "reachable": False},
         counts={"done": 8, "remaining": 4},
@@ -244,13 +317,14 @@ def test_a_job_whose_database_is_unreachable_shows_what_its_files_know(
 
 
 @pytest.mark.timeout(120)
-def test_a_running_job_shows_the_pid_holding_the_lock(
+def test_a_running_job_shows_the_pid_holding_the_lock_then_how_it_was_interrupted(
     make_job: MakeJob, fake_openai: FakeOpenAI
 ) -> None:
     job = make_job(20, seed=905)
     fake_openai.add_rule("ok", times=4)
     fake_openai.add_rule("hang", delay=60)
-    proc = job.start_process(*job.input_args("--model", MODEL, "--max-workers", "2"))
+    args = job.input_args("--model", MODEL, "--max-workers", "2", "--shutdown-grace", "1")
+    proc = job.start_process(*args)
     try:
         _wait_for_lines(job.out, 4, proc)
         data = status_json(job)
@@ -258,13 +332,84 @@ def test_a_running_job_shows_the_pid_holding_the_lock(
         assert data["check"]["consistent"] is True
         assert data["counts"]["done"] == 4
         assert data["counts"]["remaining"] == 16
-        assert f"yes, pid {proc.pid} holds the run lock" in status(job).stdout
-        # status took nothing from the run: its lock is still held by the same process.
-        assert status_json(job)["running"] == {"held": True, "pid": proc.pid}
+        running = last_run(data)
+        assert running["state"] == "running" and running["pid"] == proc.pid
+        assert running["exit_code"] is None
+        text = status(job).stdout
+        assert f"yes, pid {proc.pid} holds the run lock" in text
+        assert f"still running (pid {proc.pid})" in text
+        # A run refused by the lock (cron overlap) leaves the running run's record alone, and
+        # status took nothing from the run: the lock is still held by the same process.
+        assert job.run("--resume").code == exit_codes.EXIT_LOCKED
+        again = status_json(job)
+        assert again["running"] == {"held": True, "pid": proc.pid}
+        assert last_run(again) == running
+        proc.send_signal(signal.SIGINT)  # the workers hang: the grace runs out, exit 130
+        proc.communicate(timeout=60)
     finally:
         proc.kill()
         proc.communicate(timeout=30)
-    assert status_json(job)["running"] == {"held": False, "pid": None}
+    assert proc.returncode == exit_codes.EXIT_INTERRUPTED
+    data = status_json(job)
+    assert data["running"] == {"held": False, "pid": None}
+    record = last_run(data)
+    assert record["state"] == "ended" and record["pid"] == proc.pid
+    assert record["exit_code"] == exit_codes.EXIT_INTERRUPTED
+    assert record["outcome"] == "interrupted (--resume continues)"
+    assert record["committed"] == 4
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_run_is_shown_as_one_that_never_recorded_its_end(
+    make_job: MakeJob, fake_openai: FakeOpenAI
+) -> None:
+    job = make_job(10, seed=910)
+    fake_openai.add_rule("ok", times=2)
+    fake_openai.add_rule("hang", delay=60)
+    proc = job.start_process(*job.input_args("--model", MODEL, "--max-workers", "1"))
+    try:
+        _wait_for_lines(job.out, 2, proc)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    data = status_json(job)
+    record = last_run(data)
+    assert record["state"] == "killed" and record["pid"] == proc.pid
+    assert record["exit_code"] is None
+    assert data["running"] == {"held": False, "pid": None}
+    assert "never recorded its end: killed or the machine stopped" in status(job).stdout
+    assert data["counts"]["done"] == 2
+
+
+def test_configuration_errors_of_a_started_job_are_its_last_run(make_job: MakeJob) -> None:
+    job = make_job(6, seed=911)
+    run(job)
+    db = job.database
+    assert db is not None
+
+    # Refused before the run started: cron's environment lost DATABASE_URL.
+    refused = job.run("--resume", env={"DATABASE_URL": None})
+    assert refused.code == exit_codes.EXIT_CONFIG_ERROR
+    record = last_run(status_json(job, "--db-url", db.url))
+    assert record == ended_run(
+        job,
+        exit_codes.EXIT_CONFIG_ERROR,
+        error=f"This job writes to the database {database_name(db)}, but no database URL is "
+        "configured now; set DATABASE_URL or pass --db-url to resume it.",
+    )
+
+    # Refused by the run's own checks, after it took the job: the table is gone.
+    db.execute("ALTER TABLE artists RENAME TO artists_gone")
+    failed = job.run("--resume")
+    assert failed.code == exit_codes.EXIT_CONFIG_ERROR, failed.stderr
+    record = last_run(status_json(job))
+    assert record["exit_code"] == exit_codes.EXIT_CONFIG_ERROR
+    assert record["committed"] is None
+    assert record["error"] is not None and "artists" in record["error"]
+    assert record["error"] in failed.stderr
+    text = status(job).stdout
+    assert "  last outcome      exit 3: configuration error (key, prompt, database, table)" in text
+    assert f"  last error        {record['error']}" in text
 
 
 def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen) -> None:

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,6 +21,7 @@ from ..config import DEFAULT_OUTPUT, load_environment
 from ..core.recovery import QuickCheck
 from ..core.status import Counts, JobStatus, Spend, job_status
 from ..database.batches import BatchRecord
+from ..jobfiles import LastRun
 from ..utils.logging import setup_logging
 
 EPILOG = """\
@@ -112,6 +114,9 @@ def status_json(status: JobStatus) -> dict[str, Any]:
             "source": status.spend.source,
         },
         "running": {"held": status.lock.held, "pid": status.lock.pid},
+        "last_run": None
+        if status.last_run is None
+        else {**asdict(status.last_run), "state": status.last_run_state},
         "check": None
         if check is None
         else {
@@ -179,6 +184,7 @@ def status_lines(status: JobStatus) -> list[str]:
     ]
     lines += _count_lines(status.counts)
     lines.append(_row("spend", _spend(status.spend)))
+    lines += _last_run_lines(status)
     lines.append(_row("running now", _running(status)))
     lines.append(_row("JSONL check", _check(status)))
     if status.batches is not None:
@@ -234,6 +240,40 @@ def _spend(spend: Spend) -> str:
     unpriced = f" (+{spend.unpriced:,} bios of unknown price)" if spend.unpriced else ""
     return (
         f"${spend.cost_usd:,.4f}{unpriced}, {spend.total_tokens:,} tokens (from the {spend.source})"
+    )
+
+
+def _last_run_lines(status: JobStatus) -> list[str]:
+    run, state = status.last_run, status.last_run_state
+    if run is None:
+        return [_row("last run", "none recorded")]
+    started = f"started {run.started_at}"
+    if state == "running":
+        return [_row("last run", f"{started}, still running (pid {run.pid})")]
+    if state == "killed":
+        return [
+            _row(
+                "last run",
+                f"{started} (pid {run.pid} on {run.host}), never recorded its end: killed or "
+                "the machine stopped; --resume continues",
+            )
+        ]
+    lines = [
+        _row("last run", f"{started}, ended {run.ended_at} ({run.elapsed_seconds or 0:.1f} s)")
+    ]
+    lines.append(_row("last outcome", f"exit {run.exit_code}: {run.outcome}{_figures(run)}"))
+    if run.error:
+        lines.append(_row("last error", run.error))
+    return lines
+
+
+def _figures(run: LastRun) -> str:
+    if run.committed is None:
+        return ""
+    cost = f", ${run.cost_usd:,.4f}" if run.cost_usd is not None else ""
+    return (
+        f"; {run.committed:,} committed, {run.failed or 0:,} failed, "
+        f"{run.requests or 0:,} requests{cost}"
     )
 
 

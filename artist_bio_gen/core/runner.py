@@ -49,6 +49,7 @@ from .budget import CostBudget, DailyBudget, UsageStore, utc_today
 from .failures import FailureLog, batch_failures, count_attempts
 from .job import decide_job
 from .jsonl import JsonlWriter
+from .lastrun import LastRunRecorder, run_exit_code
 from .ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
 from .lock import RunLock
 from .processor import OutcomeCallback, Pipeline, RunControl, Tally, process_artists_concurrent
@@ -115,12 +116,18 @@ def run_job(
         stack.enter_context(RunLock(paths.run_lock))
         start = decide_job(config, paths)
         job_id = start.manifest.job_id
+        # Entered after the lock, so the run's end is recorded before the lock is let go.
+        last_run = stack.enter_context(LastRunRecorder(paths, _command(config), config.secrets))
+        if not start.new:
+            last_run.started(job_id)
         ArtistReader(config.input_path).close()  # a missing or unreadable input fails here
         ledger = _open_ledger(config, paths, job_id, stack)
         writer = _closing(stack, _open_writer(config, paths))
         control.on_emergency(writer.freeze)
+        control.on_emergency(last_run.interrupted_now)
         if start.new:
             write_manifest(paths, start.manifest)
+            last_run.started(job_id)
             logger.info("started job %s", job_id)
         failures = _closing(stack, FailureLog(paths.failures, job_id))
         txlog = _closing(
@@ -151,26 +158,44 @@ def run_job(
             tally, stats, error = _process(config, pipeline, control, done, on_outcome, on_start)
         if tally.abandoned:
             left = _leave_running(stack, writer, tally.abandoned)
-            return RunResult(
+            return _ended(
+                last_run,
+                RunResult(
+                    stats,
+                    job_id,
+                    error,
+                    control.interrupted,
+                    left,
+                    requests=throttle.counts,
+                    batches=batches,
+                ),
+            )
+        # Quiet now (no worker can append), so the checkpoint is exact.
+        _reconcile(paths, ledger, manifest, writer, mark.since(writer))
+        return _ended(
+            last_run,
+            RunResult(
                 stats,
                 job_id,
                 error,
                 control.interrupted,
-                left,
                 requests=throttle.counts,
+                job_totals=_job_totals(ledger, job_id),
                 batches=batches,
-            )
-        # Quiet now (no worker can append), so the checkpoint is exact.
-        _reconcile(paths, ledger, manifest, writer, mark.since(writer))
-        return RunResult(
-            stats,
-            job_id,
-            error,
-            control.interrupted,
-            requests=throttle.counts,
-            job_totals=_job_totals(ledger, job_id),
-            batches=batches,
+            ),
         )
+
+
+def _command(config: Config) -> str:
+    return "batch cancel" if config.batch.cancel else "run"
+
+
+def _ended(last_run: LastRunRecorder, result: RunResult) -> RunResult:
+    """Record how the run ended (its exit code, figures and error) and return ``result``."""
+    code = run_exit_code(result.error, result.interrupted, result.stats.failed)
+    error = None if result.error is None else str(result.error)
+    last_run.ended(code, stats=result.stats, requests=result.requests, error=error)
+    return result
 
 
 def _batch_parts(

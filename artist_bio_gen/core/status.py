@@ -12,6 +12,7 @@ The figures:
   ``max_attempts`` (the next ``--resume`` retries them) or that many (given up);
 * remaining: distinct input artists not done, found by streaming the input past the done
   set, as a run would (failed and given-up artists are among them);
+* the last run: ``<stem>.lastrun.json`` (``core/lastrun.py``) read with the lock's state;
 * the quick check: the comparison a run makes at its start (``core/recovery.quick_check``).
 """
 
@@ -38,7 +39,7 @@ from ..database.connection import (
 )
 from ..database.store import BioStore, JobTotals
 from ..errors import ArtistBioGenError, UsageError
-from ..jobfiles import JobPaths, Manifest, read_manifest
+from ..jobfiles import JobPaths, LastRun, Manifest, read_last_run, read_manifest
 from ..models import DatabaseConfig
 from ..utils.uuidset import UuidSet
 from .failures import count_attempts
@@ -107,6 +108,18 @@ class JobStatus:
     torn_tail_bytes: int
     #: A batch job's batches (None for an online job or when the database was not read).
     batches: list[BatchRecord] | None = None
+    #: The last run's record (None: no run of this job recorded one).
+    last_run: LastRun | None = None
+
+    @property
+    def last_run_state(self) -> str | None:
+        """``ended``, ``running`` (no end recorded, a run holds the lock) or ``killed`` (no
+        end recorded and nobody holds the lock: SIGKILL, a crash, the machine stopped)."""
+        if self.last_run is None:
+            return None
+        if self.last_run.ended_at is not None:
+            return "ended"
+        return "running" if self.lock.held else "killed"
 
     @property
     def exit_code(self) -> int:
@@ -152,7 +165,14 @@ def job_status(output: Path, url: str | None, max_attempts: int) -> JobStatus:
         check=found.check if found else None,
         torn_tail_bytes=torn_tail_bytes(paths.output),
         batches=found.batches if found else None,
+        last_run=_last_run(paths, manifest),
     )
+
+
+def _last_run(paths: JobPaths, manifest: Manifest) -> LastRun | None:
+    record = read_last_run(paths)
+    # A record of another job: the output was --overwrite'n since (its runs are not this job's).
+    return record if record is not None and record.job_id == manifest.job_id else None
 
 
 @dataclass(frozen=True)

@@ -496,3 +496,93 @@ def test_a_missing_input_leaves_remaining_unknown(make_job: MakeJob) -> None:
     assert data["counts"]["remaining"] is None
     assert data["counts"]["input_error"].startswith("Input file")
     assert data["counts"]["done"] == 5
+
+
+# -- a batch job ------------------------------------------------------------------------------
+
+
+def test_a_batch_job_lists_its_batches_with_their_state_and_counts(make_job: MakeJob) -> None:
+    job = make_job(12, seed=912)
+    fake = job.fake
+    fake.batches.script(polls=5)  # still in progress at the first --resume
+    fake.batches.script()  # completes
+    fake.batches.script(outcome="expired", answered=1)  # 1 of 2 answered, 1 sent again
+    run(job, "--mode", "batch", "--batch-max-requests", "5")
+    ids = [batch.id for batch in fake.batches.batches]
+    assert len(ids) == 3
+
+    submitted = status_json(job)
+    assert submitted["mode"] == "batch"
+    assert [
+        (b["chunk"], b["batch_id"], b["state"], b["requests"]) for b in submitted["batches"]
+    ] == [
+        (1, ids[0], "submitted", 5),
+        (2, ids[1], "submitted", 5),
+        (3, ids[2], "submitted", 2),
+    ]
+    assert submitted["counts"]["done"] == 0 and submitted["counts"]["remaining"] == 12
+
+    assert job.run("--resume").code == exit_codes.EXIT_SUCCESS
+    new_ids = [batch.id for batch in fake.batches.batches]
+    assert len(new_ids) == 4, "the unanswered artist of the expired batch went out again"
+    data = status_json(job)
+    assert data["batches"] == [
+        {
+            "chunk": 1,
+            "batch_id": ids[0],
+            "state": "submitted",
+            "status": "in_progress",
+            "requests": 5,
+            "completed": 0,
+            "failed": 0,
+            "committed": 0,
+            "failures": 0,
+            "resubmit": 0,
+            "error": None,
+        },
+        {
+            "chunk": 2,
+            "batch_id": ids[1],
+            "state": "ended",
+            "status": "completed",
+            "requests": 5,
+            "completed": 5,
+            "failed": 0,
+            "committed": 5,
+            "failures": 0,
+            "resubmit": 0,
+            "error": None,
+        },
+        {
+            "chunk": 3,
+            "batch_id": ids[2],
+            "state": "ended",
+            "status": "expired",
+            "requests": 2,
+            "completed": 1,
+            "failed": 1,
+            "committed": 1,
+            "failures": 0,
+            "resubmit": 1,
+            "error": None,
+        },
+        {
+            "chunk": 4,
+            "batch_id": new_ids[3],
+            "state": "submitted",
+            "status": "validating",
+            "requests": 1,
+            "completed": None,
+            "failed": None,
+            "committed": 0,
+            "failures": 0,
+            "resubmit": 0,
+            "error": None,
+        },
+    ]
+    assert data["counts"]["done"] == 6 and data["counts"]["remaining"] == 6
+    text = status(job).stdout
+    assert "  batches           4: 2 open" in text
+    assert f"       2 {ids[1]} ended/completed: 5 requests, answered 5, failed 0; committed 5" in (
+        text
+    )

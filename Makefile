@@ -1,10 +1,10 @@
-# One command per loop: make install | test | lint | format | bench.
+# One command per loop: make install | test | lint | format | bench | demo.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format bench clean
+.PHONY: install test lint format bench demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ format: install
 
 bench: install
 	url="$$(scripts/ensure-test-postgres.sh)" && TEST_DATABASE_URL="$$url" $(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# The tool end to end on examples/artists.csv against the project's stand-in API server and a
+# local PostgreSQL (scripts/demo.sh): no OpenAI key needed; stops what it started.
+demo: install
+	PY=$(PY) scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

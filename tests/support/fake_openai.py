@@ -33,6 +33,9 @@ line of a batch with the same rules, without counting it as an online request
 
     fake.batches.script(outcome="expired", answered=10)
     fake.add_rule("bad_request", name="Björk")  # her line is a 400 in the error file
+
+As a process of its own (``make demo``): ``python -m tests.support.fake_openai`` prints its
+base URL and answers every request with a stand-in biography until SIGTERM (``serve``).
 """
 
 from __future__ import annotations
@@ -1274,3 +1277,41 @@ class FakeOpenAI:
                 self._connections.add(conn)
             else:
                 self._connections.discard(conn)
+
+
+# -- as a process (make demo) -----------------------------------------------------------------
+
+
+def serve(argv: list[str] | None = None) -> int:
+    """Serve the fake as a process until SIGTERM or SIGINT (``make demo`` runs it so).
+
+    The first line on stdout is the base URL (``http://127.0.0.1:<port>/v1``), printed once
+    the server listens; every request is answered with a stand-in biography, after
+    ``--latency`` seconds.
+    """
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.fake_openai",
+        description="A stand-in for the OpenAI API on 127.0.0.1: every biography it returns "
+        "is made up from the artist's name. For tests and the demo, never for real bios.",
+    )
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, request_stop)
+    with FakeOpenAI(latency=args.latency) as fake:
+        print(fake.base_url, flush=True)
+        while not stop.wait(0.2):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve())

@@ -41,10 +41,10 @@ def create_status_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="artist-bio-gen status",
         description=(
-            "Show a job without running it or calling the API: its input, prompt, database, "
-            "how many artists are done, failed, given up and remaining, what it has spent, "
-            "how its last run ended, whether a run holds it now, whether its JSONL agrees "
-            "with the database (the quick check a run makes at its start; 'verify' is the "
+            "Show a job without running it or calling the API: its input, prompt, database,\n"
+            "how many artists are done, failed, given up and remaining, what it has spent,\n"
+            "how its last run ended, whether a run holds it now, whether its JSONL agrees\n"
+            "with the database (the quick check a run makes at its start; 'verify' is the\n"
             "full one) and, for a batch job, its batches."
         ),
         epilog=EPILOG,

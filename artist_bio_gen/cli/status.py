@@ -189,6 +189,8 @@ def status_lines(status: JobStatus) -> list[str]:
     lines.append(_row("JSONL check", _check(status)))
     if status.batches is not None:
         lines += _batch_lines(status.batches)
+    elif settings.mode == "batch":
+        lines.append(_row("batches", "unknown: they are recorded in the database"))
     lines.append(_row("result", f"{_result(status)} (exit {status.exit_code})"))
     return lines
 

@@ -195,7 +195,7 @@ def test_a_finished_job(make_job: MakeJob) -> None:
     assert "  remaining         0 (not yet committed, failed included)" in lines
     assert "  running now       no" in lines
     assert (
-        f"  last outcome      exit 0: done; 12 committed, 0 failed, 12 requests, ${cost:,.4f}"
+        f"  last outcome      exit 0 (done): 12 committed, 0 failed, 12 requests, ${cost:,.4f}"
         in (lines)
     )
     assert f"  spend             ${cost:,.4f}, {tokens:,} tokens (from the ledger)" in lines
@@ -363,7 +363,7 @@ def test_a_running_job_shows_the_pid_holding_the_lock_then_how_it_was_interrupte
     record = last_run(data)
     assert record["state"] == "ended" and record["pid"] == proc.pid
     assert record["exit_code"] == exit_codes.EXIT_INTERRUPTED
-    assert record["outcome"] == "interrupted (--resume continues)"
+    assert record["outcome"] == "interrupted; --resume continues"
     assert record["committed"] == 4
 
 
@@ -416,7 +416,7 @@ def test_configuration_errors_of_a_started_job_are_its_last_run(make_job: MakeJo
     assert record["error"] is not None and "artists" in record["error"]
     assert record["error"] in failed.stderr
     text = status(job).stdout
-    assert "  last outcome      exit 3: configuration error (key, prompt, database, table)" in text
+    assert "  last outcome      exit 3 (configuration error (key, prompt, database, table))" in text
     assert f"  last error        {record['error']}" in text
 
 

@@ -22,7 +22,7 @@ from .. import exit_codes
 from ..api.request import SERVICE_TIERS
 from ..config import DEFAULT_OUTPUT, MODES, Config, load_environment, parse_bool, resolve_config
 from ..core.dryrun import dry_run
-from ..core.lastrun import record_refused_run, run_exit_code
+from ..core.lastrun import record_refused_run
 from ..core.processor import RunControl
 from ..core.runner import RunResult, run_job
 from ..core.throttle import RequestCounts
@@ -440,6 +440,19 @@ def _secret_arguments(args: list[str]) -> list[str]:
     return secrets
 
 
+def _record_refused(args: argparse.Namespace, exc: ArtistBioGenError) -> None:
+    """A ``--resume`` (or ``batch cancel``) refused before it started is the job's last run
+    too: cron's ``status`` the next morning must show it (``core/lastrun.py``)."""
+    if getattr(args, "resume", False) and not getattr(args, "dry_run", False):
+        command = "batch cancel" if getattr(args, "batch_cancel", False) else "run"
+        output = Path(getattr(args, "output", None) or DEFAULT_OUTPUT)
+        record_refused_run(output, command, exc, _secret_values(args))
+
+
+def _secret_values(args: argparse.Namespace) -> tuple[str | None, ...]:
+    return (getattr(args, "openai_api_key", None), getattr(args, "db_url", None))
+
+
 def _guarded(action: Callable[[], int], verbose: bool) -> int:
     """Run ``action``; turn errors into one line on stderr and an exit code."""
     try:
@@ -491,22 +504,15 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
-def _record_refused(args: argparse.Namespace, exc: ArtistBioGenError) -> None:
-    """A ``--resume`` (or ``batch cancel``) refused before it started is the job's last run
-    too: cron's ``status`` the next morning must show it (``core/lastrun.py``)."""
-    if getattr(args, "resume", False) and not getattr(args, "dry_run", False):
-        command = "batch cancel" if getattr(args, "batch_cancel", False) else "run"
-        output = Path(getattr(args, "output", None) or DEFAULT_OUTPUT)
-        record_refused_run(output, command, exc, _secret_values(args))
-
-
-def _secret_values(args: argparse.Namespace) -> tuple[str | None, ...]:
-    return (getattr(args, "openai_api_key", None), getattr(args, "db_url", None))
-
-
 def exit_code_for(result: RunResult) -> int:
-    """The process exit code for a finished run (the same the last-run file records)."""
-    return run_exit_code(result.error, result.interrupted, result.stats.failed)
+    """The process exit code for a finished run."""
+    if result.error is not None:
+        return result.error.exit_code
+    if result.interrupted:
+        return exit_codes.EXIT_INTERRUPTED
+    if result.stats.failed:
+        return exit_codes.EXIT_API_FAILURES
+    return exit_codes.EXIT_SUCCESS
 
 
 def _print_summary(config: Config, result: RunResult) -> None:

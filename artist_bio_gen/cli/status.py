@@ -263,7 +263,7 @@ def _last_run_lines(status: JobStatus) -> list[str]:
     lines = [
         _row("last run", f"{started}, ended {run.ended_at} ({run.elapsed_seconds or 0:.1f} s)")
     ]
-    lines.append(_row("last outcome", f"exit {run.exit_code}: {run.outcome}{_figures(run)}"))
+    lines.append(_row("last outcome", f"exit {run.exit_code} ({run.outcome}){_figures(run)}"))
     if run.error:
         lines.append(_row("last error", run.error))
     return lines
@@ -274,7 +274,7 @@ def _figures(run: LastRun) -> str:
         return ""
     cost = f", ${run.cost_usd:,.4f}" if run.cost_usd is not None else ""
     return (
-        f"; {run.committed:,} committed, {run.failed or 0:,} failed, "
+        f": {run.committed:,} committed, {run.failed or 0:,} failed, "
         f"{run.requests or 0:,} requests{cost}"
     )
 

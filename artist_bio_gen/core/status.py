@@ -144,7 +144,7 @@ def job_status(output: Path, url: str | None, max_attempts: int) -> JobStatus:
             f"There is no job at {output} (no {paths.manifest.name}); pass the --output of a "
             "job that was started."
         )
-    lock = lock_state(paths.run_lock)
+    lock, last_run = _lock_and_last_run(paths, manifest)
     attempts = count_attempts(paths.failures, manifest.job_id)
     settings = manifest.settings
     view = DatabaseView(settings.database, settings.table)
@@ -165,8 +165,26 @@ def job_status(output: Path, url: str | None, max_attempts: int) -> JobStatus:
         check=found.check if found else None,
         torn_tail_bytes=torn_tail_bytes(paths.output),
         batches=found.batches if found else None,
-        last_run=_last_run(paths, manifest),
+        last_run=last_run,
     )
+
+
+def _lock_and_last_run(paths: JobPaths, manifest: Manifest) -> tuple[LockState, LastRun | None]:
+    """The lock's state between two equal readings of the last-run record.
+
+    A run records its start after taking the lock and its end before letting it go, so when
+    the record reads the same before and after the lock was read and has no end, the lock
+    was held in between unless the run is dead: "killed" is then never a run that just
+    started or just ended.
+    """
+    before = _last_run(paths, manifest)
+    lock = lock_state(paths.run_lock)
+    after = _last_run(paths, manifest)
+    for _ in range(4):  # a run started or ended meanwhile: read again
+        if after == before:
+            break
+        before, lock, after = after, lock_state(paths.run_lock), _last_run(paths, manifest)
+    return lock, after
 
 
 def _last_run(paths: JobPaths, manifest: Manifest) -> LastRun | None:

@@ -27,3 +27,24 @@ EXIT_UNEXPECTED_ERROR = 10
 #: Another run holds this job's lock (EX_TEMPFAIL: try again later).
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
+
+#: Each code in a few words: the summary's last line, ``--summary-json`` and the metrics file
+#: show it next to the number (the README's table says what to do after each).
+MEANINGS: dict[int, str] = {
+    EXIT_SUCCESS: "done",
+    EXIT_INPUT_FILE_ERROR: "input file missing or unreadable",
+    EXIT_INPUT_ERROR: "bad path or options",
+    EXIT_CONFIG_ERROR: "configuration error (key, prompt, database, table)",
+    EXIT_API_FAILURES: "some artists failed; --resume retries them",
+    EXIT_RUN_ABORTED: "stopped early; fix the cause, then --resume",
+    EXIT_OUT_OF_SYNC: "JSONL and database disagree; run verify",
+    EXIT_LIMIT_REACHED: "stopped at a limit; --resume continues",
+    EXIT_UNEXPECTED_ERROR: "unexpected error; rerun with --verbose",
+    EXIT_LOCKED: "another run holds this job",
+    EXIT_INTERRUPTED: "interrupted; --resume continues",
+}
+
+
+def meaning(code: int) -> str:
+    """What exit code ``code`` means, in a few words."""
+    return MEANINGS.get(code, "unknown exit code")

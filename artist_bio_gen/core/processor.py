@@ -255,6 +255,7 @@ def _commit_and_append(
         tokens=bio.tokens,
         cost_usd=bio.cost_usd,
         model=bio.model,
+        text=committed.response_text,
     )
     settings = pipeline.settings
     try:

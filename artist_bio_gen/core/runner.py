@@ -52,7 +52,7 @@ from .jsonl import JsonlWriter
 from .ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
 from .lock import RunLock
 from .processor import OutcomeCallback, Pipeline, RunControl, Tally, process_artists_concurrent
-from .reader import ArtistReader, estimate_rows
+from .reader import ArtistReader, count_lines, has_header
 from .recovery import scan_jsonl
 from .throttle import RequestCounts, Throttle
 
@@ -419,9 +419,10 @@ def _process(
     cap = config.max_attempts if not config.retry_failed else 10**9
     give_up = _GiveUpFilter(pipeline.previous_attempts, cap)
     limit = _ArtistLimit(config.budget.limit)
+    lines = count_lines(config.input_path)
     if done or config.resume:
-        to_go = max(0, estimate_rows(config.input_path) - len(done))
-        logger.info("resumed: %s already done, about %s to go", f"{len(done):,}", f"{to_go:,}")
+        to_go = "an unknown number" if lines is None else f"about {_to_do(config, lines, done):,}"
+        logger.info("resumed: %s already done, %s to go", f"{len(done):,}", to_go)
     if on_start is not None:
         on_start(len(done))
     started = time.monotonic()
@@ -435,6 +436,7 @@ def _process(
             shutdown_grace=config.shutdown_grace,
         )
         stats = _stats(reader, tally, time.monotonic() - started, give_up.given_up)
+        stats = stats._replace(remaining=_remaining(reader, stats, lines, len(done)))
     if give_up.given_up:
         logger.warning(
             "%d artists failed %d times already and were skipped (--retry-failed retries them)",
@@ -449,11 +451,32 @@ def _process(
     return tally, stats, stopped
 
 
+def _to_do(config: Config, lines: int, done: Collection[str]) -> int:
+    """The artists left to do, estimated from the input's lines (blank, comment, bad and
+    duplicate lines count as artists until the input is read)."""
+    return max(0, lines - has_header(config.input_path) - len(done))
+
+
+def _remaining(
+    reader: ArtistReader, stats: ProcessingStats, lines: int | None, done: int
+) -> int | None:
+    """The artists the next ``--resume`` has left: those read and not handled, plus (when
+    the run stopped before the end of the input) the unread lines less the done artists
+    among them. Exact once the input was read to its end."""
+    left = reader.rows - stats.committed - stats.skipped - stats.given_up
+    if reader.exhausted:
+        return left
+    if lines is None:
+        return None
+    unread = lines - reader.lines_read - (done - reader.already_done)
+    return left + max(0, unread)
+
+
 def _stats(reader: ArtistReader, tally: Tally, elapsed: float, given_up: int) -> ProcessingStats:
     return ProcessingStats(
         artists_read=reader.rows + reader.already_done,
         committed=tally.committed,
-        skipped=tally.skipped + given_up,
+        skipped=tally.skipped,
         failed=tally.failed,
         already_done=reader.already_done,
         bad_lines=reader.error_lines,
@@ -462,6 +485,7 @@ def _stats(reader: ArtistReader, tally: Tally, elapsed: float, given_up: int) ->
         not_started=tally.not_started + tally.abandoned,
         elapsed_seconds=elapsed,
         tokens=tally.tokens,
+        given_up=given_up,
     )
 
 

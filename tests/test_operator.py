@@ -8,6 +8,7 @@ The runs are in-process (``make_job(...).run``) except where a process is the po
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from datetime import datetime
@@ -309,14 +310,16 @@ def test_a_summary_json_in_a_missing_directory_is_refused_before_the_run(
 
 
 @pytest.mark.timeout(120)
-def test_summary_json_of_an_interrupted_run(make_job: MakeJob) -> None:
-    """SIGTERM with four artists in flight: they finish, the run exits 130 and the JSON says
-    so, with exactly what was committed and what is left."""
+def test_summary_json_and_metrics_of_an_interrupted_run(make_job: MakeJob) -> None:
+    """SIGTERM with four artists in flight: they finish, the run exits 130 and the JSON and
+    the metrics say so, with exactly what was committed and what is left."""
     job = make_job(20, seed=1116)
     job.fake.add_rule("ok", times=1)
     job.fake.add_rule("hang", delay=1.5)
     proc = job.start_process(
-        *job.input_args(*MODEL, *PRICES, "--max-workers", "4", "--summary-json", "s.json")
+        *job.input_args(*MODEL, *PRICES, "--max-workers", "4", "--summary-json", "s.json"),
+        "--metrics-file",
+        "bios.prom",
     )
     try:
         assert job.fake.wait_for_requests(5, timeout=60)
@@ -331,4 +334,192 @@ def test_summary_json_of_an_interrupted_run(make_job: MakeJob) -> None:
     assert data["committed"] == data["requests"] == 5
     assert data["remaining"] == 15
     assert summary_table(stdout)["remaining"][0] == "15"
+    tokens = tokens_of(job, range(5))["total_tokens"]
+    metrics = metrics_of(job.dir / "bios.prom")
+    start, end = timestamps(data)
+    assert metrics == pytest.approx(
+        {
+            "run_start_timestamp_seconds": start,
+            "run_end_timestamp_seconds": end,
+            "running": 0,
+            "exit_code": exit_codes.EXIT_INTERRUPTED,
+            "run_duration_seconds": data["elapsed_seconds"],
+            "artists_committed": 5,
+            "artists_failed": 0,
+            "artists_remaining": 15,
+            "requests": 5,
+            "tokens": tokens,
+            "cost_usd": tokens / 1e6,
+        },
+        abs=1e-3,
+    )
     assert time.time() - datetime.fromisoformat(data["ended_at"]).timestamp() < 60
+
+
+# -- --metrics-file -------------------------------------------------------------------------------
+
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)(?: (-?\d+))?")
+METRIC_TYPES = {"counter", "gauge", "histogram", "summary", "untyped"}
+
+
+def _float(text: str) -> float:
+    """A sample value as the text format allows it (Go's ParseFloat, plus NaN and +-Inf)."""
+    if text in ("NaN", "+Inf", "-Inf"):
+        return float(text.replace("Inf", "inf"))
+    assert re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", text), f"bad value {text!r}"
+    return float(text)
+
+
+def _labels(text: str | None) -> tuple[tuple[str, str], ...]:
+    if not text:
+        return ()
+    pairs = []
+    rest = text
+    while rest:
+        match = LABEL.match(rest)
+        assert match, f"bad labels {text!r}"
+        pairs.append((match.group(1), match.group(2)))
+        rest = rest[match.end() :]
+        assert rest == "" or rest.startswith(","), f"bad labels {text!r}"
+        rest = rest[1:]
+    names = [name for name, _ in pairs]
+    assert len(names) == len(set(names)), f"a label twice in {text!r}"
+    return tuple(pairs)
+
+
+def check_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """What ``promtool check metrics`` would reject, as assertions; returns the samples,
+    family -> labels -> value. Checked: lines end in a newline; HELP and TYPE at most once per
+    family, before its samples, a known TYPE, a HELP text; valid metric and label names and
+    label values; float values; every sample has a HELP and a TYPE; a family's lines are
+    together; no series twice."""
+    assert text.endswith("\n") and "\r" not in text
+    helps: dict[str, str] = {}
+    types: dict[str, str] = {}
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    order: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            name, _, rest = line[7:].partition(" ")
+            assert METRIC_NAME.fullmatch(name), f"bad metric name {name!r}"
+            assert name not in samples, f"{line!r} after the samples of {name}"
+            seen = helps if line.startswith("# HELP ") else types
+            assert name not in seen, f"two {line[2:6]} lines for {name}"
+            seen[name] = rest
+            assert rest, f"empty {line[2:6]} for {name}"
+            if seen is types:
+                assert rest in METRIC_TYPES, f"unknown type {rest!r}"
+        elif line.startswith("#") or not line.strip():
+            continue
+        else:
+            match = SAMPLE.fullmatch(line)
+            assert match, f"not a sample line: {line!r}"
+            name, labels = match.group(1), _labels(match.group(2))
+            series = samples.setdefault(name, {})
+            assert labels not in series, f"series twice: {line!r}"
+            series[labels] = _float(match.group(3))
+        family = line[7:].split(" ")[0] if line.startswith("# ") else line.split("{")[0]
+        if not order or order[-1] != family:
+            assert family not in order, f"the lines of {family} are not together"
+            order.append(family)
+    assert set(samples) <= set(types) and set(samples) <= set(helps), "a sample without HELP/TYPE"
+    return samples
+
+
+def metrics_of(path: Path, job: str = "out") -> dict[str, float]:
+    """The checked metrics file: family (without the prefix) -> the job's value."""
+    values: dict[str, float] = {}
+    for name, series in check_metrics(path.read_text(encoding="utf-8")).items():
+        assert list(series) == [(("job", job),)], f"{name}: one sample, labelled job={job}"
+        values[name.removeprefix("artist_bio_gen_")] = series[(("job", job),)]
+    return values
+
+
+def timestamps(data: dict[str, Any]) -> tuple[float, float]:
+    """(start, end) of a --summary-json, as Unix times."""
+    start, end = (datetime.fromisoformat(data[key]) for key in ("started_at", "ended_at"))
+    return start.timestamp(), end.timestamp()
+
+
+def test_the_metrics_validator_rejects_what_promtool_rejects() -> None:
+    good = '# HELP a_b An a.\n# TYPE a_b gauge\na_b{job="x"} 1.5e3\n'
+    assert check_metrics(good) == {"a_b": {(("job", "x"),): 1500.0}}
+    for bad in (
+        good + "# TYPE a_b gauge\n",  # two TYPE lines
+        good.replace("a_b{", "a-b{"),  # a bad name
+        good.replace("1.5e3", "1,5"),  # a bad value
+        good.replace('job="x"', "job=x"),  # a bad label
+        good.replace("# HELP a_b An a.\n", ""),  # no HELP
+        good + 'a_b{job="x"} 2\n',  # the same series twice
+        good + '# HELP c A c.\n# TYPE c gauge\nc 1\na_b{job="y"} 1\n',  # a family split
+        good.rstrip("\n"),  # no final newline
+    ):
+        with pytest.raises(AssertionError):
+            check_metrics(bad)
+
+
+def test_metrics_file_of_a_known_run_then_failing_runs_keep_the_last_success(
+    make_job: MakeJob,
+) -> None:
+    """Four runs of one job: stopped at --limit, some failed, done, refused (no key). Each
+    rewrites the file with its own figures; the last success survives the failing runs."""
+    job = make_job(6, seed=1120)
+    poison = job.artists[5]
+    job.fake.add_rule("bad_request", name=poison.name, times=1)  # fails once, then answers
+    args = ("--summary-json", "run.json", "--metrics-file", "bios.prom")
+
+    first = job.run(*job.input_args(*MODEL, *PRICES, "--limit", "5", *args))
+    assert first.code == exit_codes.EXIT_LIMIT_REACHED, first.stderr
+    start, end = timestamps(summary_json(job.dir / "run.json"))
+    tokens = tokens_of(job, range(5))["total_tokens"]
+    metrics = metrics_of(job.dir / "bios.prom")
+    assert metrics == pytest.approx(
+        {
+            "run_start_timestamp_seconds": start,
+            "run_end_timestamp_seconds": end,
+            "running": 0,
+            "exit_code": exit_codes.EXIT_LIMIT_REACHED,
+            "run_duration_seconds": metrics["run_duration_seconds"],
+            "artists_committed": 5,
+            "artists_failed": 0,
+            "artists_remaining": 1,
+            "requests": 5,
+            "tokens": tokens,
+            "cost_usd": tokens / 1e6,
+        },
+        abs=1e-3,
+    )
+    assert "last_success_timestamp_seconds" not in metrics, "no run has succeeded yet"
+    assert 0 < metrics["run_duration_seconds"] <= end - start
+    assert (job.dir / "bios.prom").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in job.dir.glob("bios.prom*")] == ["bios.prom"]
+
+    failed = job.run("--resume", *PRICES, *args)
+    assert failed.code == exit_codes.EXIT_API_FAILURES, failed.stderr
+    metrics = metrics_of(job.dir / "bios.prom")
+    assert metrics["exit_code"] == exit_codes.EXIT_API_FAILURES
+    assert (metrics["artists_committed"], metrics["artists_failed"]) == (0, 1)
+    assert (metrics["artists_remaining"], metrics["requests"], metrics["tokens"]) == (1, 1, 0)
+    assert "last_success_timestamp_seconds" not in metrics
+
+    done = job.run("--resume", *PRICES, *args)
+    assert done.code == exit_codes.EXIT_SUCCESS, done.stderr
+    start, end = timestamps(summary_json(job.dir / "run.json"))
+    metrics = metrics_of(job.dir / "bios.prom")
+    assert metrics["last_success_timestamp_seconds"] == pytest.approx(end, abs=1e-3)
+    assert metrics["run_end_timestamp_seconds"] == metrics["last_success_timestamp_seconds"]
+    assert metrics["run_start_timestamp_seconds"] == pytest.approx(start, abs=1e-3)
+    assert (metrics["artists_committed"], metrics["artists_remaining"]) == (1, 0)
+    assert metrics["exit_code"] == exit_codes.EXIT_SUCCESS
+    success = metrics["last_success_timestamp_seconds"]
+
+    refused = job.run("--resume", *args, env={"OPENAI_API_KEY": None})
+    assert refused.code == exit_codes.EXIT_CONFIG_ERROR, refused.stderr
+    metrics = metrics_of(job.dir / "bios.prom")
+    assert metrics["exit_code"] == exit_codes.EXIT_CONFIG_ERROR
+    assert metrics["last_success_timestamp_seconds"] == success
+    assert metrics["run_end_timestamp_seconds"] > success
+    assert metrics["artists_remaining"] == 0, "carried over: the refused run read no input"
+    assert (metrics["artists_committed"], metrics["requests"], metrics["running"]) == (0, 0, 0)

@@ -24,7 +24,6 @@ from ..api.request import SERVICE_TIERS
 from ..config import (
     DEFAULT_OUTPUT,
     MODES,
-    Config,
     load_environment,
     parse_bool,
     report_path,
@@ -37,8 +36,16 @@ from ..errors import ArtistBioGenError, UsageError
 from ..models import Outcome
 from ..utils.logging import setup_logging
 from .batch import cancel_arguments
+from .metrics import MetricsFile
 from .progress import Progress
-from .report import RunReport, report_of, report_of_error, write_quietly, write_summary_json
+from .report import (
+    RunReport,
+    job_name,
+    report_of,
+    report_of_error,
+    write_quietly,
+    write_summary_json,
+)
 from .summary import summary_lines
 from .verify import run_verify
 
@@ -61,8 +68,10 @@ examples:
   # nightly from cron: at most 5,000 requests a day and $20 a night, flex prices
   artist-bio-gen --resume --daily-limit 5000 --max-cost 20 --service-tier flex
 
-  # from cron: warnings and errors only, the run's figures as JSON for a script
-  artist-bio-gen --resume --quiet --summary-json last-run.json
+  # from cron: warnings and errors only, the run's figures as JSON for a script, and a
+  # file for Prometheus (node_exporter's textfile collector)
+  artist-bio-gen --resume --quiet --summary-json last-run.json \
+      --metrics-file /var/lib/node_exporter/textfile/artist-bio-gen.prom
 
   # watch the bios go by (stdout: each committed bio, then the summary)
   artist-bio-gen --input artists.csv --model gpt-4.1-mini --print-bios
@@ -168,6 +177,12 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="write the summary's figures to PATH as JSON at the end of the run (also when "
         "it stopped early, was interrupted or failed)",
+    )
+    group.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="keep PATH (e.g. /var/lib/node_exporter/textfile/bios.prom) a Prometheus text "
+        "file of the run: start, end, last success, counts, spend, exit code",
     )
 
 
@@ -512,35 +527,37 @@ def _run(args: argparse.Namespace) -> int:
     if config.dry_run:
         dry_run(config, sys.stdout)
         return exit_codes.EXIT_SUCCESS
+    metrics = _metrics_file(config.report.metrics_file, config.output_path, started)
     control = RunControl()
     progress = Progress(
         interval=config.report.progress_interval,
-        use_bar=False if config.report.quiet else None,
+        show=not config.report.quiet,
+        on_tick=None if metrics is None else metrics.running,
     )
     on_outcome = _with_bios(progress.on_outcome) if config.report.print_bios else None
-    with _SignalHandlers(control, config.shutdown_grace):
-        try:
-            result = run_job(
-                config,
-                control,
-                on_outcome=on_outcome or progress.on_outcome,
-                on_start=progress.start,
-            )
-        except Exception as exc:
-            _finish(
-                config,
-                report_of_error(
-                    config.output_path, config.mode, code_of(exc), str(exc), started, time.time()
-                ),
-            )
-            raise
-        finally:
-            progress.close()
+    try:
+        with _SignalHandlers(control, config.shutdown_grace):
+            try:
+                result = run_job(
+                    config,
+                    control,
+                    on_outcome=on_outcome or progress.on_outcome,
+                    on_start=progress.start,
+                )
+            finally:
+                progress.close()
+    except Exception as exc:
+        error = str(exc) or type(exc).__name__
+        report = report_of_error(
+            config.output_path, config.mode, code_of(exc), error, started, time.time()
+        )
+        _write_reports(config.report.summary_json, metrics, report)
+        raise
     code = exit_code_for(result)
     report = report_of(config, result, code, started, time.time())
     if not config.report.quiet:
         print("\n".join(summary_lines(config, result, report)), flush=True)
-    _finish(config, report)
+    _write_reports(config.report.summary_json, metrics, report)
     if result.left_running is not None:
         # Workers are stuck in calls that outlived the grace period; do not wait for them.
         _flush_and_exit(code)
@@ -567,26 +584,30 @@ def _with_bios(on_outcome: OutcomeCallback) -> OutcomeCallback:
     return show
 
 
-def _finish(config: Config, report: RunReport) -> None:
-    """Write ``--summary-json`` (and the metrics) for a run that has ended."""
-    path = config.report.summary_json
-    if path is not None:
-        write_quietly("summary", path, lambda: write_summary_json(path, report))
+def _metrics_file(path: Path | None, output: Path, started: float) -> MetricsFile | None:
+    return None if path is None else MetricsFile(path, job_name(output), started)
+
+
+def _write_reports(summary: Path | None, metrics: MetricsFile | None, report: RunReport) -> None:
+    """Write ``--summary-json`` and the metrics file for a run that has ended."""
+    if summary is not None:
+        write_quietly("summary", summary, lambda: write_summary_json(summary, report))
+    if metrics is not None:
+        metrics.finished(report)
 
 
 def _report_refused(args: argparse.Namespace, exc: ArtistBioGenError, started: float) -> None:
-    """A run refused before its configuration was complete still writes its report, when
-    the paths for it are usable: monitoring must see the exit code of every run."""
+    """A run refused before its configuration was complete still writes its reports, when
+    their paths are usable: monitoring must see the exit code of every run."""
     try:
-        path = report_path("--summary-json", getattr(args, "summary_json", None))
+        summary = report_path("--summary-json", getattr(args, "summary_json", None))
+        metrics_path = report_path("--metrics-file", getattr(args, "metrics_file", None))
     except UsageError:
-        return
-    if path is None:
         return
     output = Path(getattr(args, "output", None) or DEFAULT_OUTPUT)
     mode = getattr(args, "mode", None) or "online"
     report = report_of_error(output, mode, exc.exit_code, str(exc), started, time.time())
-    write_quietly("summary", path, lambda: write_summary_json(path, report))
+    _write_reports(summary, _metrics_file(metrics_path, output, started), report)
 
 
 def exit_code_for(result: RunResult) -> int:

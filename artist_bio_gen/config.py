@@ -115,6 +115,23 @@ class BatchSettings:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    """What a run shows and writes about itself. The CLI's business: the core ignores it."""
+
+    #: ``--quiet``: warnings and errors only (no progress, no summary).
+    quiet: bool = False
+    #: ``--print-bios``: every committed bio on stdout.
+    print_bios: bool = False
+    #: ``--summary-json``: the summary's figures as JSON, written at the end of the run.
+    summary_json: Path | None = None
+    #: ``--metrics-file``: Prometheus text format for node_exporter's textfile collector.
+    metrics_file: Path | None = None
+    #: ``--progress-interval``: seconds between progress lines off a terminal (and metrics
+    #: file updates during the run).
+    progress_interval: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs, validated. Safe to share with worker threads."""
 
@@ -147,6 +164,7 @@ class Config:
     #: ``online`` or ``batch`` (a job-defining setting).
     mode: Mode = "online"
     batch: BatchSettings = BatchSettings()
+    report: ReportSettings = ReportSettings()
 
     @property
     def secrets(self) -> tuple[str | None, ...]:
@@ -335,6 +353,7 @@ def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         resumed_job=recorded.job_id if recorded else None,
         mode=_mode(layers),
         batch=_batch(layers),
+        report=_report(layers),
     )
     _check_runnable(config)
     _check_batch(config, layers)
@@ -389,6 +408,7 @@ def _check_combinations(args: argparse.Namespace) -> None:
             "overwrite",
             "--resume continues the job and --overwrite starts a new one; pass one of them.",
         ),
+        ("quiet", "verbose", "--quiet and --verbose contradict each other; pass one of them."),
         (
             "no_db",
             "skip_existing",
@@ -664,6 +684,32 @@ def _check_batch(config: Config, layers: _Layers) -> None:
             "recorded there before it is created, so none is lost or created twice. Use "
             "--mode online for a JSONL-only job."
         )
+
+
+def _report(layers: _Layers) -> ReportSettings:
+    return ReportSettings(
+        quiet=layers.flag("quiet"),
+        print_bios=layers.flag("print_bios"),
+        summary_json=report_path("--summary-json", layers.cli("summary_json")),
+        metrics_file=report_path("--metrics-file", layers.cli("metrics_file")),
+        progress_interval=_in_range(
+            "--progress-interval",
+            layers.get("progress_interval", "PROGRESS_INTERVAL", 30.0, float),
+            0.01,
+            86400.0,
+        ),
+    )
+
+
+def report_path(flag: str, value: str | None) -> Path | None:
+    """The path of a file the run writes about itself; checked now, so that a typo is found
+    before the run spends anything rather than after."""
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_dir() or not path.parent.resolve().is_dir():
+        raise UsageError(f"{flag} '{path}' must be a file in an existing directory.")
+    return path
 
 
 def _optional_path(value: str | None) -> Path | None:

@@ -69,6 +69,12 @@ class ProcessingStats(NamedTuple):
     not_started: int
     elapsed_seconds: float
     tokens: TokenUsage
+    #: Artists not sent because they failed ``--max-attempts`` times already (not in
+    #: ``skipped``).
+    given_up: int = 0
+    #: Artists of the input neither committed, skipped nor given up after the run: what the
+    #: next ``--resume`` has left (None: unknown).
+    remaining: int | None = None
 
     @property
     def rate(self) -> float:
@@ -195,3 +201,5 @@ class Outcome:
     cost_usd: float | None = None
     #: The model that answered.
     model: str | None = None
+    #: The committed bio's text (for ``--print-bios``; None unless committed).
+    text: str | None = None

@@ -27,7 +27,7 @@ from artist_bio_gen.core.runner import run_job
 from artist_bio_gen.models import ArtistData, Outcome
 
 from .support.checks import assert_legacy_record, assert_mirror, read_jsonl
-from .support.cli import CliResult, Job, MakeJob
+from .support.cli import CliResult, Job, MakeJob, summary_figure
 from .support.database import TestDatabase
 from .support.fake_batches import FakeBatch
 from .support.fake_openai import FakeOpenAI, bio_for
@@ -111,7 +111,7 @@ def test_2500_artists_in_3_request_files_collect_to_an_exact_mirror_without_onli
 ) -> None:
     job = make_job(2500, seed=80)
     result = ok(start(job, "--batch-max-requests", "1000", "--max-workers", "8"))
-    assert "--resume --output out.jsonl" in result.stderr, "the run says how to collect"
+    assert "--resume --output out.jsonl" in result.stdout, "the run says how to collect"
     fake, db = job.fake, job.database
     assert db is not None
     batches = fake.batches.batches
@@ -179,16 +179,16 @@ def test_batches_still_running_are_a_normal_state_that_says_what_is_pending(
     ok(start(job, "--batch-max-requests", "6"))
     first, second = job.fake.batches.batches
     result = ok(resume(job))
-    assert "1 open (6 requests)" in result.stderr
-    assert first.id in result.stderr and second.id in result.stderr
-    assert "in_progress" in result.stderr and "completed" in result.stderr
-    assert "about $" in result.stderr and "batch prices" in result.stderr
-    assert "run `artist-bio-gen --resume --output out.jsonl` later" in result.stderr
+    assert "1 open (6 requests)" in result.stdout
+    assert first.id in result.stdout and second.id in result.stdout
+    assert "in_progress" in result.stdout and "completed" in result.stdout
+    assert "about $" in result.stdout and "batch prices" in result.stdout
+    assert "run `artist-bio-gen --resume --output out.jsonl` later" in result.stdout
     assert job.database is not None
     assert [r["status"] for r in batch_rows(job.database)] == ["in_progress", "completed"]
     ok(resume(job))
     result = ok(resume(job))
-    assert "0 open" in result.stderr and "next" not in result.stderr
+    assert "0 open" in result.stdout and "next" not in result.stdout
     assert_complete(job)
 
 
@@ -212,7 +212,7 @@ def test_an_expired_batch_with_partial_output_resubmits_the_remainder_and_finish
     (first,) = job.fake.batches.batches
     order = [line["custom_id"] for line in request_lines(job.fake, first)]
     result = ok(resume(job))
-    assert "12 committed" in result.stderr and "8 to submit again" in result.stderr
+    assert "12 committed" in result.stdout and "8 to submit again" in result.stdout
     assert job.database is not None
     assert len(job.database.ledger()) == 12
     _, second = job.fake.batches.batches
@@ -249,7 +249,7 @@ def test_a_400_line_is_recorded_retried_up_to_the_cap_then_given_up(make_job: Ma
             assert ids_in(job.fake, job.fake.batches.batches[-1]) == {poison.artist_id}
     result = ok(resume(job, "--max-attempts", "3"))
     assert len(job.fake.batches.batches) == 3, "given up: not submitted again"
-    assert "skipped           1" in result.stderr
+    assert summary_figure(result, "given up") == "1"
     assert job.fake.batch_calls(poison.name) == 3
     assert len(failures(job)) == 3
     records = assert_mirror(job.out, job.database) if job.database else []
@@ -477,7 +477,7 @@ def test_batch_cancel_cancels_the_open_batches_and_collects_what_they_return(
         job.fake.batches.script(polls=10, answered=4, cancel_polls=1)
     ok(start(job, "--batch-max-requests", "10"))
     result = ok(job.run("batch", "cancel"))
-    assert "cancelled         3 batches" in result.stderr
+    assert "cancelled         3 batches" in result.stdout
     assert [b.status for b in job.fake.batches.batches] == ["cancelling"] * 3
     result = ok(job.run("batch", "cancel", "--wait", "30", env=FAST_POLL))
     assert [b.status for b in job.fake.batches.batches] == ["cancelled"] * 3
@@ -580,7 +580,7 @@ def test_skip_existing_submits_only_artists_whose_row_has_no_bio(make_job: MakeJ
         db.execute("UPDATE artists SET bio = 'kept' WHERE id = %s", (artist.artist_id,))
     job.fake.batches.script(polls=1)
     result = ok(start(job, "--skip-existing"))
-    assert "skipped           5" in result.stderr
+    assert summary_figure(result, "skipped") == "5"
     (batch,) = job.fake.batches.batches
     assert ids_in(job.fake, batch) == {a.artist_id for a in job.artists[2:7]}
     ok(resume(job))

@@ -109,6 +109,11 @@ class Child:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    @property
+    def stdout(self) -> str:
+        """What the process printed on stdout (the summary), once ``finish`` returned."""
+        return self._output[0] if self._output else ""
+
     def kill(self) -> None:
         """SIGKILL the process if it is still running (``finish`` tells if it landed)."""
         if self.alive():

@@ -10,7 +10,6 @@ is brought back up before the test ends, because every other test needs it.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import time
@@ -24,6 +23,7 @@ import pytest
 
 from artist_bio_gen import exit_codes
 
+from .support.cli import summary_table
 from .support.data import make_artists, write_csv
 from .support.database import ReadyDatabases, TestDatabase
 from .support.fake_openai import FakeOpenAI
@@ -132,11 +132,9 @@ def interrupt_database(cluster: Cluster, how: str, url: str) -> None:
     assert wait_until_up(url, 60), "PostgreSQL did not come back"
 
 
-def summary_count(stderr: str, what: str) -> int:
+def summary_count(stdout: str, what: str) -> int:
     """A figure of the final summary (e.g. ``committed``)."""
-    match = re.search(rf"\s{what}\s{{2,}}([\d,]+)", stderr)
-    assert match, f"no '{what}' in the summary:\n{stderr}"
-    return int(match.group(1).replace(",", ""))
+    return int(summary_table(stdout)[what][0].replace(",", ""))
 
 
 def wait_for_lines(child: Child, out: Path, lines: int, timeout: float = 60) -> None:
@@ -188,8 +186,8 @@ def test_database_restart_mid_run_loses_no_artist(
         run_to_completion(args, env)
         assert_job_complete(out, database, artists)
         pytest.fail(f"the run did not survive the {how} (exit {code}):\n{stderr}")
-    assert summary_count(stderr, "committed") == ARTISTS, stderr
-    assert summary_count(stderr, "failed") == 0, stderr
+    assert summary_count(child.stdout, "committed") == ARTISTS, stderr
+    assert summary_count(child.stdout, "failed") == 0, stderr
     assert_job_complete(out, database, artists)
     assert_verify_consistent(out, database)
     # Nobody was paid for twice: a commit cut off by the restart is retried, not re-asked.

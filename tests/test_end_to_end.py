@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from .support.checks import assert_legacy_record, assert_mirror, read_jsonl
-from .support.cli import MakeJob, cli_env
+from .support.cli import MakeJob, cli_env, summary_figure
 from .support.database import TestDatabase
 from .support.fake_openai import FakeOpenAI, bio_for
 
@@ -52,7 +52,7 @@ def test_a_thousand_artists_with_16_workers(
         assert record["request"]["version"] == "2"
     assert fake_openai.total_requests == len(artists)  # nobody paid for twice
     assert fake_openai.concurrent_max <= 16
-    assert "committed         1,200" in result.stderr
+    assert summary_figure(result, "committed") == "1,200"
 
 
 def test_updated_at_is_set_and_other_columns_untouched(

@@ -37,6 +37,7 @@ class _Run:
     def __init__(self, proc: subprocess.Popen):
         self.proc = proc
         self._lines: list[str] = []
+        self.stdout = ""
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -63,10 +64,12 @@ class _Run:
         self.proc.send_signal(signum)
 
     def finish(self, timeout: float) -> tuple[int, str]:
-        """Wait for the exit; (exit code, whole stderr)."""
+        """Wait for the exit; (exit code, whole stderr). ``stdout`` holds what it printed."""
         code = self.proc.wait(timeout=timeout)
         self._reader.join(timeout=10)
         assert self.proc.stdout is not None
+        # Small (the summary): the pipe held it all while the process ran.
+        self.stdout = self.proc.stdout.read()
         self.proc.stdout.close()
         return code, self.stderr
 
@@ -187,7 +190,7 @@ def test_a_signal_stops_submitting_and_lets_in_flight_artists_finish(
         run.kill()
 
     assert code == exit_codes.EXIT_INTERRUPTED, stderr
-    assert "Summary" in stderr and "Traceback" not in stderr
+    assert "Summary" in run.stdout and "Traceback" not in stderr
     assert at_signal == IN_FLIGHT_AFTER_CANARY
     assert fake_openai.total_requests == at_signal, "no new request after the signal"
     assert len(assert_mirror(tmp_path / "out.jsonl", database)) == IN_FLIGHT_AFTER_CANARY
@@ -263,7 +266,7 @@ def test_shutdown_grace_bounds_the_wait_for_a_hung_request(
 
     assert code == exit_codes.EXIT_INTERRUPTED, stderr
     assert elapsed < 5.0, f"the run took {elapsed:.1f} s to stop with a 1 s grace"
-    assert "Summary" in stderr
+    assert "Summary" in run.stdout
     out = tmp_path / "out.jsonl"
     assert _ends_in_whole_line(out)
     assert len(assert_mirror(out, database)) == 1

@@ -24,7 +24,7 @@ from artist_bio_gen.core.processor import RunControl
 from artist_bio_gen.core.runner import RunResult, run_job
 
 from .support.checks import assert_mirror, read_jsonl
-from .support.cli import TEST_API_KEY, Job, MakeJob
+from .support.cli import TEST_API_KEY, Job, MakeJob, summary_figure, summary_table
 from .support.database import TestDatabase
 from .support.fake_openai import FakeOpenAI, tokens_for
 
@@ -284,16 +284,16 @@ def test_costs_are_in_the_transaction_log_and_the_summary(
         assert event["model"] == row["response_model"]
         assert Decimal(str(event["cost_usd"])) == Decimal(str(row["cost_usd"]))
     total = sum(Decimal(str(row["cost_usd"])) for row in ledger.values())
-    assert "requests          5 (rate-limited 0, failed 0)" in result.stderr
-    assert f"cost              ${float(total):,.4f}" in result.stderr
-    assert "job so far        5 bios" in result.stderr
+    table = summary_table(result.stdout)
+    assert (table["requests"][0], table["429s"][0], table["retries"][0]) == ("5", "0", "0")
+    assert table["cost"][0] == f"${float(total):,.4f}"
+    assert table["job so far"] == ("5 bios", f"${float(total):,.4f}")
 
     rest = job.run("--resume", *prices)
     assert rest.code == exit_codes.EXIT_SUCCESS, rest.stderr
-    assert "requests          3 (rate-limited 0, failed 0)" in rest.stderr
+    assert summary_figure(rest, "requests") == "3"
     job_total = sum(Decimal(str(row["cost_usd"])) for row in database.ledger())
-    assert "job so far        8 bios, " in rest.stderr
-    assert f"${float(job_total):,.4f}" in rest.stderr
+    assert summary_table(rest.stdout)["job so far"] == ("8 bios", f"${float(job_total):,.4f}")
 
 
 @pytest.mark.timeout(60)

@@ -18,7 +18,7 @@ from artist_bio_gen import exit_codes
 from artist_bio_gen.models import ArtistData
 
 from .support.checks import assert_mirror, read_jsonl
-from .support.cli import CliResult, Job, MakeJob
+from .support.cli import CliResult, Job, MakeJob, summary_figure
 from .support.database import TestDatabase
 from .support.fake_openai import FakeOpenAI
 
@@ -92,7 +92,7 @@ def test_resume_after_a_quota_stop_processes_only_the_rest(
 
     assert second.code == exit_codes.EXIT_SUCCESS, second.stderr
     assert "resumed: 10 already done, about 20 to go" in second.stderr
-    assert "already done 10" in second.stderr  # the summary line
+    assert summary_figure(second, "already done") == "10"
     assert fake_openai.total_requests - before == 20  # only the rest was requested
     records = assert_mirror(job.out, database)
     assert {r["artist_id"] for r in records} == _ids(artists)

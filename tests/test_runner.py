@@ -158,7 +158,8 @@ def test_a_poison_artist_is_given_up_after_max_attempts_runs(
 
     given_up = job.run("--resume", *cap)
     assert fake_openai.calls(poison.name) == 3
-    assert (given_up.stats.skipped, given_up.stats.failed, given_up.stats.committed) == (1, 0, 0)
+    assert (given_up.stats.given_up, given_up.stats.failed, given_up.stats.committed) == (1, 0, 0)
+    assert given_up.stats.skipped == 0
     assert job.attempts(poison) == [1, 2, 3]
 
     retried = job.run("--resume", "--retry-failed", *cap)

@@ -17,7 +17,7 @@ import pytest
 
 from artist_bio_gen import exit_codes
 
-from .support.cli import TEST_API_KEY, CliResult, Job, MakeJob
+from .support.cli import TEST_API_KEY, CliResult, Job, MakeJob, summary_table
 
 # The command line of a run on the job's CSV (cwd is the job directory).
 RUN = ("--input", "artists.csv", "--prompt-id", "p")
@@ -233,7 +233,7 @@ def test_bad_rows_are_reported_and_skipped(make_job: MakeJob) -> None:
     assert result.code == 0, result.stderr
     assert "line 3" in result.stderr and "not a valid UUID" in result.stderr
     assert "line 4" in result.stderr
-    assert "bad input lines 2" in result.stderr
+    assert summary_table(result.stdout)["input lines"] == ("4", "bad 2, duplicates 0")
     assert job.fake.total_requests == 2
 
 

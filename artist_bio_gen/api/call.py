@@ -77,8 +77,9 @@ class Ticket(Protocol):
 class Pacer(Protocol):
     """Passes every HTTP request of a run: rate limits and budgets (``core/throttle.py``)."""
 
-    def before_request(self) -> Ticket:
-        """Wait until a request may go; raise ``NotSent`` when it must not."""
+    def before_request(self, retry: bool = False) -> Ticket:
+        """Wait until a request may go (``retry``: another attempt of the same artist's
+        request); raise ``NotSent`` when it must not."""
         ...
 
     def answered(
@@ -107,7 +108,7 @@ class Pacer(Protocol):
 class _NoPacing:
     """The pacer of a bare call (the legacy function, without a run around it)."""
 
-    def before_request(self) -> Ticket:
+    def before_request(self, retry: bool = False) -> Ticket:
         return self
 
     def answered(
@@ -179,11 +180,13 @@ class _Call:
         return self.options.pacer or _NoPacing()
 
     def run(self, artist: ArtistData, request: ResponseRequest) -> GeneratedBio:
+        retry = False
         while True:
-            ticket = self.pacer.before_request()
+            ticket = self.pacer.before_request(retry)
             outcome = self._attempt(ticket, request)
             if outcome is not None:
                 return self._bio(artist, ticket, *outcome)
+            retry = True
 
     def _attempt(
         self, ticket: Ticket, request: ResponseRequest

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,20 +21,34 @@ from typing import NoReturn
 
 from .. import exit_codes
 from ..api.request import SERVICE_TIERS
-from ..config import DEFAULT_OUTPUT, MODES, Config, load_environment, parse_bool, resolve_config
+from ..config import (
+    DEFAULT_OUTPUT,
+    MODES,
+    load_environment,
+    parse_bool,
+    report_path,
+    resolve_config,
+)
 from ..core.dryrun import dry_run
 from ..core.lastrun import record_refused_run
-from ..core.processor import RunControl
+from ..core.processor import OutcomeCallback, RunControl, Tally
 from ..core.runner import RunResult, run_job
-from ..core.throttle import RequestCounts
-from ..database.store import JobTotals
 from ..errors import ArtistBioGenError, UsageError
-from ..jobfiles import JobPaths
-from ..models import ProcessingStats
+from ..models import Outcome
 from ..utils.logging import setup_logging
-from .batch import batch_summary_lines, cancel_arguments
+from .batch import cancel_arguments
+from .metrics import MetricsFile
 from .progress import Progress
+from .report import (
+    RunReport,
+    job_name,
+    report_of,
+    report_of_error,
+    write_quietly,
+    write_summary_json,
+)
 from .status import run_status
+from .summary import summary_lines
 from .verify import run_verify
 
 logger = logging.getLogger(__name__)
@@ -57,6 +72,14 @@ examples:
 
   # how far is the job of bios.jsonl, how did its last run end, is a run working on it?
   artist-bio-gen status --output bios.jsonl          # --json for one JSON object
+
+  # from cron: warnings and errors only, the run's figures as JSON for a script, and a
+  # file for Prometheus (node_exporter's textfile collector)
+  artist-bio-gen --resume --quiet --summary-json last-run.json \
+      --metrics-file /var/lib/node_exporter/textfile/artist-bio-gen.prom
+
+  # watch the bios go by (stdout: each committed bio, then the summary)
+  artist-bio-gen --input artists.csv --model gpt-4.1-mini --print-bios
 
   # check that bios.jsonl mirrors the database, and repair what can be repaired
   artist-bio-gen verify --output bios.jsonl --repair
@@ -93,6 +116,7 @@ def create_argument_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_job_arguments(parser)
+    _add_report_arguments(parser)
     _add_api_arguments(parser)
     _add_database_arguments(parser)
     _add_run_arguments(parser)
@@ -132,6 +156,39 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
         help="read the input and print the first requests; no API key or database needed",
     )
     group.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "output and monitoring",
+        "stdout holds only the final summary (and what --dry-run or --print-bios ask for); "
+        "log lines and the progress go to stderr.",
+    )
+    group.add_argument(
+        "--quiet", action="store_true", help="only warnings and errors: no progress, no summary"
+    )
+    group.add_argument(
+        "--print-bios", action="store_true", help="print every committed bio on stdout"
+    )
+    group.add_argument(
+        "--progress-interval",
+        type=float,
+        metavar="S",
+        help="without a terminal, a progress line every S seconds (env PROGRESS_INTERVAL; "
+        "default 30); also how often --metrics-file is updated during a run",
+    )
+    group.add_argument(
+        "--summary-json",
+        metavar="PATH",
+        help="write the summary's figures to PATH as JSON at the end of the run (also when "
+        "it stopped early, was interrupted or failed)",
+    )
+    group.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="keep PATH (e.g. /var/lib/node_exporter/textfile/bios.prom) a Prometheus text "
+        "file of the run: start, end, last success, counts, spend, exit code",
+    )
 
 
 def _add_api_arguments(parser: argparse.ArgumentParser) -> None:
@@ -390,7 +447,9 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     # Logging first, so that even an option error is reported the same way (and scrubbed).
-    setup_logging("--verbose" in args_list, secrets=_secret_arguments(args_list))
+    setup_logging(
+        "--verbose" in args_list, secrets=_secret_arguments(args_list), quiet="--quiet" in args_list
+    )
     if args_list[:1] == ["verify"]:
         return _guarded(lambda: run_verify(args_list[1:]), "--verbose" in args_list)
     if args_list[:1] == ["status"]:
@@ -478,30 +537,98 @@ def _report(message: str, verbose: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    started = time.time()
     try:
         config = resolve_config(args, load_environment())
     except ArtistBioGenError as exc:
         _record_refused(args, exc)
+        _report_refused(args, exc, started)
         raise
-    setup_logging(config.verbose, secrets=config.secrets)
+    setup_logging(config.verbose, secrets=config.secrets, quiet=config.report.quiet)
     if config.dry_run:
         dry_run(config, sys.stdout)
         return exit_codes.EXIT_SUCCESS
+    metrics = _metrics_file(config.report.metrics_file, config.output_path, started)
     control = RunControl()
-    progress = Progress()
-    with _SignalHandlers(control, config.shutdown_grace):
-        try:
-            result = run_job(
-                config, control, on_outcome=progress.on_outcome, on_start=progress.start
-            )
-        finally:
-            progress.close()
-    _print_summary(config, result)
+    progress = Progress(
+        interval=config.report.progress_interval,
+        show=not config.report.quiet,
+        on_tick=None if metrics is None else metrics.running,
+    )
+    on_outcome = _with_bios(progress.on_outcome) if config.report.print_bios else None
+    try:
+        with _SignalHandlers(control, config.shutdown_grace):
+            try:
+                result = run_job(
+                    config,
+                    control,
+                    on_outcome=on_outcome or progress.on_outcome,
+                    on_start=progress.start,
+                )
+            finally:
+                progress.close()
+    except Exception as exc:
+        error = str(exc) or type(exc).__name__
+        report = report_of_error(
+            config.output_path, config.mode, code_of(exc), error, started, time.time()
+        )
+        _write_reports(config.report.summary_json, metrics, report)
+        raise
     code = exit_code_for(result)
+    report = report_of(config, result, code, started, time.time())
+    if not config.report.quiet:
+        print("\n".join(summary_lines(config, result, report)), flush=True)
+    _write_reports(config.report.summary_json, metrics, report)
     if result.left_running is not None:
         # Workers are stuck in calls that outlived the grace period; do not wait for them.
         _flush_and_exit(code)
     return code
+
+
+def code_of(exc: BaseException) -> int:
+    """The exit code an exception ends the run with (as ``_guarded`` maps it)."""
+    if isinstance(exc, ArtistBioGenError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return exit_codes.EXIT_INTERRUPTED
+    return exit_codes.EXIT_UNEXPECTED_ERROR
+
+
+def _with_bios(on_outcome: OutcomeCallback) -> OutcomeCallback:
+    """``--print-bios``: each committed bio on stdout, then the progress as before."""
+
+    def show(outcome: Outcome, tally: Tally) -> None:
+        if outcome.status == "committed" and outcome.text is not None:
+            print(f"=== {outcome.artist_name} ({outcome.artist_id}) ===\n{outcome.text}\n")
+        on_outcome(outcome, tally)
+
+    return show
+
+
+def _metrics_file(path: Path | None, output: Path, started: float) -> MetricsFile | None:
+    return None if path is None else MetricsFile(path, job_name(output), started)
+
+
+def _write_reports(summary: Path | None, metrics: MetricsFile | None, report: RunReport) -> None:
+    """Write ``--summary-json`` and the metrics file for a run that has ended."""
+    if summary is not None:
+        write_quietly("summary", summary, lambda: write_summary_json(summary, report))
+    if metrics is not None:
+        metrics.finished(report)
+
+
+def _report_refused(args: argparse.Namespace, exc: ArtistBioGenError, started: float) -> None:
+    """A run refused before its configuration was complete still writes its reports, when
+    their paths are usable: monitoring must see the exit code of every run."""
+    try:
+        summary = report_path("--summary-json", getattr(args, "summary_json", None))
+        metrics_path = report_path("--metrics-file", getattr(args, "metrics_file", None))
+    except UsageError:
+        return
+    output = Path(getattr(args, "output", None) or DEFAULT_OUTPUT)
+    mode = getattr(args, "mode", None) or "online"
+    report = report_of_error(output, mode, exc.exit_code, str(exc), started, time.time())
+    _write_reports(summary, _metrics_file(metrics_path, output, started), report)
 
 
 def exit_code_for(result: RunResult) -> int:
@@ -513,59 +640,6 @@ def exit_code_for(result: RunResult) -> int:
     if result.stats.failed:
         return exit_codes.EXIT_API_FAILURES
     return exit_codes.EXIT_SUCCESS
-
-
-def _print_summary(config: Config, result: RunResult) -> None:
-    for line in summary_lines(config, result):
-        logger.info("%s", line)
-
-
-def summary_lines(config: Config, result: RunResult) -> list[str]:
-    """The final summary, one line per figure."""
-    s: ProcessingStats = result.stats
-    failures = f" (details in {JobPaths(config.output_path).failures})"
-    lines = [
-        f"Summary: job {result.job_id} -> {config.output_path}"
-        + (" (batch mode)" if config.mode == "batch" else ""),
-        f"  artists read      {s.artists_read:,} (already done {s.already_done:,}, "
-        f"bad input lines {s.bad_lines:,}, duplicate ids {s.duplicate_lines:,})",
-        f"  committed         {s.committed:,}",
-        f"  skipped           {s.skipped:,}",
-        f"  failed            {s.failed:,}{failures if s.failed else ''}",
-        f"  not started       {s.not_started:,}",
-        f"  elapsed           {s.elapsed_seconds:.1f} s ({s.rate:.1f} artists/s)",
-        f"  tokens            input {s.tokens.input_tokens:,}, output {s.tokens.output_tokens:,}, "
-        f"total {s.tokens.total_tokens:,}",
-        _requests_line(result.requests),
-        _cost_line(result.requests),
-    ]
-    if result.job_totals is not None:
-        lines.append(_job_line(result.job_totals))
-    if result.batches is not None:
-        lines += batch_summary_lines(config, result.batches)
-    if result.interrupted:
-        lines.append("  interrupted: run again with --resume to continue")
-    return lines
-
-
-def _requests_line(counts: RequestCounts) -> str:
-    return (
-        f"  requests          {counts.requests:,} (rate-limited {counts.rate_limited:,}, "
-        f"failed {counts.failed:,})"
-    )
-
-
-def _cost_line(counts: RequestCounts) -> str:
-    unknown = f" (+{counts.unknown_cost:,} answers of unknown price)" if counts.unknown_cost else ""
-    return f"  cost              ${counts.spent_usd:,.4f}{unknown}"
-
-
-def _job_line(totals: JobTotals) -> str:
-    unpriced = f" (+{totals.unpriced:,} of unknown price)" if totals.unpriced else ""
-    return (
-        f"  job so far        {totals.bios:,} bios, {totals.total_tokens:,} tokens, "
-        f"${totals.cost_usd:,.4f}{unpriced}"
-    )
 
 
 #: What ``signal.signal`` takes and returns: a function, SIG_DFL / SIG_IGN (ints), or None

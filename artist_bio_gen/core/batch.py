@@ -304,7 +304,7 @@ def _stats(run: _Run) -> ProcessingStats:
     return ProcessingStats(
         artists_read=submitted.rows + submitted.already_done,
         committed=tally.committed,
-        skipped=tally.skipped + submitted.given_up + submitted.skipped,
+        skipped=tally.skipped + submitted.skipped,
         failed=tally.failed,
         already_done=submitted.already_done,
         bad_lines=submitted.bad_lines,
@@ -312,6 +312,7 @@ def _stats(run: _Run) -> ProcessingStats:
         not_started=tally.not_started + tally.abandoned,
         elapsed_seconds=time.monotonic() - run.started,
         tokens=tally.tokens,
+        given_up=submitted.given_up,
     )
 
 
@@ -327,6 +328,8 @@ def _stats_plus(a: ProcessingStats, b: ProcessingStats) -> ProcessingStats:
         not_started=a.not_started + b.not_started,
         elapsed_seconds=a.elapsed_seconds + b.elapsed_seconds,
         tokens=TokenUsage(*(x + y for x, y in zip(a.tokens, b.tokens, strict=True))),
+        given_up=b.given_up,
+        remaining=b.remaining,
     )
 
 

@@ -255,6 +255,7 @@ def _commit_and_append(
         tokens=bio.tokens,
         cost_usd=bio.cost_usd,
         model=bio.model,
+        text=committed.response_text,
     )
     settings = pipeline.settings
     try:
@@ -283,6 +284,8 @@ class Tally:
     streak: int = 0
     #: Artists still in flight when the run returned (the shutdown grace ran out).
     abandoned: int = 0
+    #: Artists submitted and not settled yet (kept by the feeding thread, for progress).
+    in_flight: int = 0
 
     def add(self, outcome: Outcome) -> None:
         """Count one outcome."""
@@ -364,8 +367,10 @@ def process_artists_concurrent(
     on_outcome: OutcomeCallback | None = None,
     shutdown_grace: float = 30.0,
     failure_streak_limit: int | None = None,
+    tally: Tally | None = None,
 ) -> Tally:
-    """Process ``artists`` with ``max_workers`` threads; returns the tally.
+    """Process ``artists`` with ``max_workers`` threads; returns the tally (``tally``, when
+    given, is the one counted into: a progress display may read it meanwhile).
 
     Returns early when ``control`` stops (systemic error or signal); in-flight artists get
     up to ``shutdown_grace`` seconds to finish after a signal. Artists still running after
@@ -379,6 +384,7 @@ def process_artists_concurrent(
         pipeline,
         control,
         _WindowOptions(max_workers, on_outcome, shutdown_grace, streak_limit),
+        tally if tally is not None else Tally(),
     )
 
 
@@ -401,6 +407,7 @@ def process_answers_concurrent(
         pipeline,
         control,
         _WindowOptions(max_workers, on_outcome, shutdown_grace, streak_limit=None),
+        Tally(),
     )
 
 
@@ -419,8 +426,8 @@ def _run_window(
     pipeline: Pipeline,
     control: RunControl,
     options: _WindowOptions,
+    tally: Tally,
 ) -> Tally:
-    tally = Tally()
     executor = ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="artist")
     window = _Window(executor)
     feeder = _Feeder(
@@ -453,7 +460,7 @@ def _shut_down(executor: ThreadPoolExecutor, window: _Window, tally: Tally) -> N
             tally.not_started += 1
         else:
             tally.add(outcome)
-    tally.abandoned = window.in_flight
+    tally.abandoned = tally.in_flight = window.in_flight
     if tally.abandoned:
         logger.warning("grace period over; %d artists still in flight", tally.abandoned)
 
@@ -480,6 +487,7 @@ class _Feeder(Generic[T]):
             if self.control.stopping:
                 return
             self.window.submit(self.task, self.pipeline, self.control, item)
+            self.tally.in_flight = self.window.in_flight
 
     def drain(self, grace: float) -> None:
         deadline: float | None = None
@@ -500,6 +508,7 @@ class _Feeder(Generic[T]):
         if outcome is None:
             return
         self.tally.add(outcome)
+        self.tally.in_flight = self.window.in_flight
         # Only an artist that reached the API can show the key, prompt and quota work: a
         # skipped one (--skip-existing) made no request.
         if outcome.status in ("committed", "failed") and not stops_run(outcome.code):

@@ -36,6 +36,7 @@ import csv
 import logging
 import os
 import re
+import stat
 import uuid
 from collections.abc import Container, Generator, Iterator
 from types import TracebackType
@@ -173,7 +174,8 @@ class ArtistReader:
     * ``error_lines``: bad rows (each logged with its line number);
     * ``duplicate_lines``: rows repeating an id seen earlier in the file;
     * ``already_done``: rows whose id is in ``skip_ids``;
-    * ``lines_read``: physical lines consumed so far.
+    * ``lines_read``: physical lines consumed so far;
+    * ``exhausted``: True once the end of the file was reached.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, skip_ids: Container[str] | None = None):
@@ -184,6 +186,7 @@ class ArtistReader:
         self.duplicate_lines = 0
         self.already_done = 0
         self.lines_read = 0
+        self.exhausted = False
         self._skip_ids = skip_ids
         self._seen = UuidSet()
         self._header_possible = True  # until the first non-blank, non-comment row
@@ -213,6 +216,7 @@ class ArtistReader:
                 if artist is not None:
                     self.rows += 1
                     yield artist
+            self.exhausted = True
         finally:
             self._file.close()
 
@@ -318,24 +322,43 @@ class ArtistReader:
         self.close()
 
 
+def count_lines(path: str | os.PathLike[str]) -> int | None:
+    """The physical lines of the file at ``path``, without parsing it (None when it is not
+    a regular file: a pipe can be read only once, and the run needs it).
+
+    A last line without a newline counts. It reads in large blocks: about 0.02 s per
+    million lines.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        lines = 0
+        last = b"\n"
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                lines += block.count(b"\n")
+                last = block[-1:]
+    except OSError:
+        return None
+    return lines + (last != b"\n")
+
+
+def has_header(path: str | os.PathLike[str]) -> bool:
+    """Whether the file's first line looks like the header row (first field ``artist_id``,
+    ``id`` or ``uuid``)."""
+    with open(path, "rb") as handle:
+        first = handle.readline()
+    head = first.lstrip(b"\xef\xbb\xbf").split(b",", 1)[0].strip().lower()
+    return head.decode("utf-8", "replace") in HEADER_NAMES
+
+
 def estimate_rows(path: str | os.PathLike[str]) -> int:
     """About how many artist rows the file holds, without parsing it.
 
     Counts lines (blank and comment lines included) and drops a header: an estimate for
-    progress display ("about N to go"), never used for decisions. It reads in large
-    blocks: about 0.02 s per million lines.
+    progress display ("about N to go"), never used for decisions.
     """
-    lines = 0
-    last = b"\n"
-    with open(path, "rb") as handle:
-        first = handle.readline()
-        handle.seek(0)
-        while block := handle.read(1 << 20):
-            lines += block.count(b"\n")
-            last = block[-1:]
-    if last != b"\n":
-        lines += 1  # the last line has no newline of its own
-    head = first.lstrip(b"\xef\xbb\xbf").split(b",", 1)[0].strip().lower()
-    if head.decode("utf-8", "replace") in HEADER_NAMES:
-        lines -= 1
-    return max(lines, 0)
+    lines = count_lines(path)
+    if lines is None:
+        return 0
+    return max(lines - has_header(path), 0)

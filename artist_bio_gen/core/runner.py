@@ -53,9 +53,10 @@ from .lastrun import LastRunRecorder, run_exit_code
 from .ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
 from .lock import RunLock
 from .processor import OutcomeCallback, Pipeline, RunControl, Tally, process_artists_concurrent
-from .reader import ArtistReader, estimate_rows
+from .reader import ArtistReader, count_lines, has_header
 from .recovery import scan_jsonl
 from .throttle import RequestCounts, Throttle
+from .view import RunView
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,22 @@ class RunResult:
     batches: BatchReport | None = None
 
 
+#: Called once processing begins, with the run's live counts.
+StartCallback = Callable[[RunView], None]
+
+
+def _started(view: RunView, on_start: StartCallback | None) -> Callable[[int], None] | None:
+    """The batch run's start callback (it knows the done count) as a ``StartCallback``."""
+    if on_start is None:
+        return None
+
+    def started(already_done: int) -> None:
+        view.already_done = already_done
+        on_start(view)
+
+    return started
+
+
 class _Closable(Protocol):
     def close(self) -> None: ...
 
@@ -100,12 +117,12 @@ def run_job(
     control: RunControl,
     *,
     on_outcome: OutcomeCallback | None = None,
-    on_start: Callable[[int], None] | None = None,
+    on_start: StartCallback | None = None,
     today: Callable[[], date] = utc_today,
 ) -> RunResult:
     """Run (or resume) the job of ``config.output_path``.
 
-    ``on_start`` receives the number of artists already done before processing begins;
+    ``on_start`` receives the run's live counts (``RunView``) when processing begins;
     ``today`` is the UTC day the daily request budget counts (a test can move it).
     Raises ``ArtistBioGenError`` subclasses for problems found before processing starts.
     """
@@ -150,12 +167,14 @@ def run_job(
             call=_call_options(config, throttle),
         )
         batches: BatchReport | None = None
+        view = RunView(job_id, already_done=len(done), requests=throttle.counts)
         if config.mode == "batch":
             parts = _batch_parts(config, paths, ledger, pipeline, control, done, stack)
-            batch = _batch(parts, on_outcome, on_start, today)
+            batch = _batch(parts, on_outcome, _started(view, on_start), today)
             tally, stats, error, batches = batch.tally, batch.stats, batch.error, batch.report
         else:
-            tally, stats, error = _process(config, pipeline, control, done, on_outcome, on_start)
+            run = _Processing(config, pipeline, control, on_outcome, on_start, view)
+            tally, stats, error = _process(run, done)
         if tally.abandoned:
             left = _leave_running(stack, writer, tally.abandoned)
             return _ended(
@@ -246,7 +265,8 @@ def _batch(
     config, pipeline, control = parts.config, parts.pipeline, parts.control
 
     def online(skip: Collection[str]) -> tuple[Tally, ProcessingStats, ArtistBioGenError | None]:
-        return _process(config, pipeline, control, skip, on_outcome, None)
+        view = RunView(parts.job_id)  # not shown: the batch run reports its own progress
+        return _process(_Processing(config, pipeline, control, on_outcome, None, view), skip)
 
     return run_batch(parts, online, on_start)
 
@@ -395,12 +415,14 @@ class _GiveUpFilter:
 
     attempts: Mapping[str, int]
     max_attempts: int
+    view: RunView
     given_up: int = 0
 
     def __call__(self, artists: Iterable[ArtistData]) -> Iterator[ArtistData]:
         for artist in artists:
             if self.attempts.get(artist.artist_id, 0) >= self.max_attempts:
                 self.given_up += 1
+                self.view.given_up = self.given_up
                 continue
             yield artist
 
@@ -432,34 +454,47 @@ class _ArtistLimit:
         )
 
 
+@dataclass(frozen=True)
+class _Processing:
+    """What the online processing of a run works with."""
+
+    config: Config
+    pipeline: Pipeline
+    control: RunControl
+    on_outcome: OutcomeCallback | None
+    on_start: StartCallback | None
+    view: RunView
+
+
 def _process(
-    config: Config,
-    pipeline: Pipeline,
-    control: RunControl,
-    done: Collection[str],
-    on_outcome: OutcomeCallback | None,
-    on_start: Callable[[int], None] | None,
+    run: _Processing, done: Collection[str]
 ) -> tuple[Tally, ProcessingStats, ArtistBioGenError | None]:
     """Process what is left; returns the tally, the stats and the error the run ended with."""
+    config, pipeline, control, view = run.config, run.pipeline, run.control, run.view
     cap = config.max_attempts if not config.retry_failed else 10**9
-    give_up = _GiveUpFilter(pipeline.previous_attempts, cap)
+    give_up = _GiveUpFilter(pipeline.previous_attempts, cap, view)
     limit = _ArtistLimit(config.budget.limit)
+    lines = count_lines(config.input_path)
+    view.already_done = len(done)
+    view.to_do = None if lines is None else _to_do(config, lines, done)
     if done or config.resume:
-        to_go = max(0, estimate_rows(config.input_path) - len(done))
-        logger.info("resumed: %s already done, about %s to go", f"{len(done):,}", f"{to_go:,}")
-    if on_start is not None:
-        on_start(len(done))
-    started = time.monotonic()
+        to_go = "an unknown number" if view.to_do is None else f"about {view.to_do:,}"
+        logger.info("resumed: %s already done, %s to go", f"{len(done):,}", to_go)
+    view.started = time.monotonic()
+    if run.on_start is not None:
+        run.on_start(view)
     with ArtistReader(config.input_path, skip_ids=done) as reader:
         tally = process_artists_concurrent(
             limit(give_up(reader)),
             pipeline,
             control,
             max_workers=config.max_workers,
-            on_outcome=on_outcome,
+            on_outcome=run.on_outcome,
             shutdown_grace=config.shutdown_grace,
+            tally=view.tally,
         )
-        stats = _stats(reader, tally, time.monotonic() - started, give_up.given_up)
+        stats = _stats(reader, tally, view.elapsed, give_up.given_up)
+        stats = stats._replace(remaining=_remaining(reader, stats, lines, len(done)))
     if give_up.given_up:
         logger.warning(
             "%d artists failed %d times already and were skipped (--retry-failed retries them)",
@@ -474,11 +509,32 @@ def _process(
     return tally, stats, stopped
 
 
+def _to_do(config: Config, lines: int, done: Collection[str]) -> int:
+    """The artists left to do, estimated from the input's lines (blank, comment, bad and
+    duplicate lines count as artists until the input is read)."""
+    return max(0, lines - has_header(config.input_path) - len(done))
+
+
+def _remaining(
+    reader: ArtistReader, stats: ProcessingStats, lines: int | None, done: int
+) -> int | None:
+    """The artists the next ``--resume`` has left: those read and not handled, plus (when
+    the run stopped before the end of the input) the unread lines less the done artists
+    among them. Exact once the input was read to its end."""
+    left = reader.rows - stats.committed - stats.skipped - stats.given_up
+    if reader.exhausted:
+        return left
+    if lines is None:
+        return None
+    unread = lines - reader.lines_read - (done - reader.already_done)
+    return left + max(0, unread)
+
+
 def _stats(reader: ArtistReader, tally: Tally, elapsed: float, given_up: int) -> ProcessingStats:
     return ProcessingStats(
         artists_read=reader.rows + reader.already_done,
         committed=tally.committed,
-        skipped=tally.skipped + given_up,
+        skipped=tally.skipped,
         failed=tally.failed,
         already_done=reader.already_done,
         bad_lines=reader.error_lines,
@@ -487,6 +543,7 @@ def _stats(reader: ArtistReader, tally: Tally, elapsed: float, given_up: int) ->
         not_started=tally.not_started + tally.abandoned,
         elapsed_seconds=elapsed,
         tokens=tally.tokens,
+        given_up=given_up,
     )
 
 

@@ -52,6 +52,9 @@ class RequestCounts:
     """What the run's requests did (for the summary and the periodic log line)."""
 
     requests: int = 0
+    #: Requests that were another attempt of an artist's request (after a 429, a timeout,
+    #: a dropped connection or a 5xx); included in ``requests``.
+    retries: int = 0
     answered: int = 0
     rate_limited: int = 0
     failed: int = 0
@@ -92,7 +95,7 @@ class Throttle:
         self._limited_since: float | None = None
         self.counts = RequestCounts()
 
-    def before_request(self) -> Ticket:
+    def before_request(self, retry: bool = False) -> Ticket:
         """Cost budget, then the limiter's wait, then the daily request budget."""
         if self._stopping():
             raise NotSent()
@@ -123,7 +126,7 @@ class Throttle:
             self._limiter.release(permit)
             self._cost.settle(expected, None)
             raise NotSent(error)
-        self._count_request()
+        self._count_request(retry)
         return _Ticket(permit, expected)
 
     def answered(
@@ -213,9 +216,11 @@ class Throttle:
             ) / 1_000_000
         return max(seen * COST_MARGIN, guess if seen == 0.0 else 0.0)
 
-    def _count_request(self) -> None:
+    def _count_request(self, retry: bool) -> None:
         with self._lock:
             self.counts.requests += 1
+            if retry:
+                self.counts.retries += 1
             due = self.counts.requests % self._log_interval == 0
         if due:
             self._log_view()

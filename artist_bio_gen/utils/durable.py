@@ -21,15 +21,20 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole.
 
     The data goes to a temporary file in the same directory (same file system, so the
     rename is atomic), is fsynced, renamed over ``path``, and the directory is fsynced.
+    The file is readable by its owner only, or has ``mode`` (for a file another program
+    reads, e.g. node_exporter). The temporary name ends in ``.tmp``, so a collector that
+    reads ``*.prom`` never sees a half-written file.
     """
     directory = path.parent
     fd, temp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=directory)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -1,8 +1,9 @@
 """Console logging and the structured transaction log.
 
-Console: human lines on stderr (stdout stays free for what a user asks for, e.g. dry-run
-payloads). A filter scrubs the API key and the database password out of every message, as a
-second line of defence behind the modules' own care: no secret reaches any output.
+Console: human lines on stderr (stdout stays free for the final summary and what a user
+asks for: dry-run payloads, ``--print-bios``). A filter scrubs the API key and the database
+password out of every message, as a second line of defence behind the modules' own care: no
+secret reaches any output.
 
 Transaction log: one JSON object per line, per commit and per failure, written through the
 standard logging machinery (logger ``artist_bio_gen.transactions``) to a file beside the
@@ -45,8 +46,11 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def setup_logging(verbose: bool = False, secrets: Iterable[str | None] = ()) -> None:
-    """Send log records to stderr (the package at DEBUG with ``verbose``, else INFO).
+def setup_logging(
+    verbose: bool = False, secrets: Iterable[str | None] = (), quiet: bool = False
+) -> None:
+    """Send log records to stderr (the package at DEBUG with ``verbose``, WARNING with
+    ``quiet``, else INFO).
 
     The handler sits on the root logger so that warnings of the libraries (the connection
     pool, the SDK) are formatted and scrubbed the same way as ours.
@@ -64,10 +68,11 @@ def setup_logging(verbose: bool = False, secrets: Iterable[str | None] = ()) -> 
     handler._artist_bio_gen = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    logging.getLogger(PACKAGE_LOGGER).setLevel(logging.DEBUG if verbose else logging.INFO)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.getLogger(PACKAGE_LOGGER).setLevel(level)
     # The HTTP stack logs every request at INFO/DEBUG and the pool logs every failed
     # reconnect; our own messages say what matters, so theirs are for --verbose only.
-    for noisy in ("openai", "httpx", "httpx2", "httpcore", "psycopg.pool"):
+    for noisy in ("openai", "httpx", "httpx2", "httpcore", "psycopg"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 

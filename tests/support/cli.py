@@ -16,6 +16,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import signal
 import socketserver
 import subprocess
@@ -49,6 +50,27 @@ class CliResult:
     code: int
     stdout: str
     stderr: str
+
+
+def summary_table(stdout: str, *, strict: bool = False) -> dict[str, tuple[str, str]]:
+    """label -> (value, note) of the summary table that ``stdout`` ends with (a run's stdout
+    holds nothing else, ``--print-bios`` aside). Lines of another shape (a batch job's
+    batches) are left out, or with ``strict`` fail the test."""
+    assert "Summary: job " in stdout, f"no summary on stdout:\n{stdout}"
+    lines = ("Summary: job " + stdout.rsplit("Summary: job ", 1)[1]).splitlines()
+    table: dict[str, tuple[str, str]] = {}
+    for line in lines[1:]:
+        match = re.fullmatch(r"  (\S+(?: \S+)*) +(\S+(?: \S+)?)(?:   (.*))?", line)
+        assert match or not strict, f"not a row of the summary table: {line!r}"
+        if match is None:
+            continue
+        table[match.group(1)] = (match.group(2), match.group(3) or "")
+    return table
+
+
+def summary_figure(result: CliResult, label: str) -> str:
+    """The value of row ``label`` of the run's summary table (e.g. ``"1,200"``)."""
+    return summary_table(result.stdout)[label][0]
 
 
 # -- in the test process --------------------------------------------------------------------------

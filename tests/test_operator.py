@@ -1,0 +1,525 @@
+"""What an operator sees: stdout holds the summary only, ``--quiet``, ``--print-bios``,
+``--summary-json`` (and, further down, the metrics file and the progress display).
+
+The runs are in-process (``make_job(...).run``) except where a process is the point: a signal
+(the interrupted run) and a pseudo-terminal (the progress bar).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from artist_bio_gen import exit_codes
+
+from .support.cli import CliResult, Job, MakeJob, summary_table
+from .support.fake_openai import INPUT_TOKENS, bio_for, tokens_for
+
+MODEL = ("--model", "gpt-4.1-mini")
+# Prices of 1 USD per million tokens each way: a run's cost is its tokens / 1e6.
+PRICES = ("--price-input", "1", "--price-output", "1")
+SUMMARY_LABELS = [
+    "input lines",
+    "already done",
+    "committed",
+    "skipped",
+    "failed",
+    "given up",
+    "not started",
+    "remaining",
+    "requests",
+    "retries",
+    "429s",
+    "tokens",
+    "cost",
+    "job so far",
+    "elapsed",
+    "rate",
+    "exit code",
+]
+#: The keys of --summary-json whose values depend on the clock (checked apart).
+CLOCK_KEYS = {"started_at", "ended_at", "elapsed_seconds", "rate_per_second"}
+
+
+def summary_json(path: Path) -> dict[str, Any]:
+    """The JSON file, its clock-dependent figures checked for shape and order."""
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    started = datetime.fromisoformat(data["started_at"])
+    ended = datetime.fromisoformat(data["ended_at"])
+    assert started <= ended
+    assert 0 <= data["elapsed_seconds"] <= (ended - started).total_seconds() + 0.01
+    return data
+
+
+def tokens_of(job: Job, indices: range | list[int]) -> dict[str, int]:
+    """The tokens the fake charges for the artists ``indices`` of the job, as the JSON has them."""
+    total = sum(tokens_for(job.artists[i].name) for i in indices)
+    inputs = INPUT_TOKENS * len(indices)
+    return {"input_tokens": inputs, "output_tokens": total - inputs, "total_tokens": total}
+
+
+def expected_json(job: Job, result: CliResult, **figures: Any) -> dict[str, Any]:
+    """Every figure of a run's --summary-json, the defaults those of a clean new run."""
+    manifest = json.loads((job.dir / "out.job.json").read_text(encoding="utf-8"))
+    code = figures.pop("exit_code", exit_codes.EXIT_SUCCESS)
+    expected: dict[str, Any] = {
+        "format": 1,
+        "job": "out",
+        "output": "out.jsonl",
+        "mode": "online",
+        "exit_code": code,
+        "exit_meaning": exit_codes.meaning(code),
+        "job_id": manifest["job_id"],
+        "error": None,
+        "interrupted": False,
+        "input_lines": len(job.artists),
+        "bad_lines": 0,
+        "duplicate_lines": 0,
+        "already_done": 0,
+        "committed": len(job.artists),
+        "skipped": 0,
+        "failed": 0,
+        "given_up": 0,
+        "not_started": 0,
+        "remaining": 0,
+        "requests": len(job.artists),
+        "retries": 0,
+        "rate_limited": 0,
+        "unpriced": 0,
+        "batches": None,
+    }
+    expected.update(figures)
+    assert result.code == code, result.stderr
+    return expected
+
+
+def assert_figures(data: dict[str, Any], expected: dict[str, Any]) -> None:
+    """``data`` holds exactly the expected figures (costs to float precision)."""
+    costs = {key: expected.pop(key) for key in ("cost_usd", "job_cost_usd") if key in expected}
+    got = {k: v for k, v in data.items() if k not in CLOCK_KEYS | set(costs)}
+    assert got == expected
+    for key, value in costs.items():
+        assert data[key] == pytest.approx(value, rel=1e-9), key
+
+
+# -- stdout: the summary only ---------------------------------------------------------------------
+
+
+def test_a_default_run_prints_only_the_summary_on_stdout(make_job: MakeJob) -> None:
+    """stdout is the summary table and nothing else: every figure in its row, aligned; the
+    log lines go to stderr, and the HTTP stack's request lines are not among them."""
+    job = make_job(5, seed=1101)
+    job.fake.add_rule("bad_request", name=job.artists[1].name)
+
+    result = job.run(*job.input_args(*MODEL, *PRICES))
+
+    assert result.code == exit_codes.EXIT_API_FAILURES, result.stderr
+    table = summary_table(result.stdout, strict=True)
+    assert list(table) == SUMMARY_LABELS
+    figures = {label: value for label, (value, _) in table.items()}
+    assert figures["input lines"] == "5" and figures["committed"] == "4"
+    assert figures["failed"] == "1" and figures["remaining"] == "1"
+    assert figures["requests"] == "5" and figures["exit code"] == "4"
+    assert table["failed"][1] == "details in out.failures.jsonl"
+    assert table["exit code"][1] == exit_codes.meaning(exit_codes.EXIT_API_FAILURES)
+    tokens = tokens_of(job, [0, 2, 3, 4])
+    assert figures["tokens"] == f"{tokens['total_tokens']:,}"
+    assert figures["cost"] == f"${tokens['total_tokens'] / 1e6:,.4f}"
+    # One column of values, right-aligned after the labels: every value ends where all do.
+    width = max(len(value) for value, _ in table.values())
+    for row, (value, _) in zip(result.stdout.splitlines()[1:], table.values(), strict=True):
+        assert row[: 20 + width].endswith(value) and row[20 + width : 23 + width] in ("", "   ")
+    assert "Summary" not in result.stderr
+    assert "HTTP Request" not in result.stderr and "httpx" not in result.stderr
+    assert "started job" in result.stderr  # the log is where it was
+
+
+def test_print_bios_prints_each_committed_bio_before_the_summary(make_job: MakeJob) -> None:
+    job = make_job(3, seed=1102)
+    result = job.run(*job.input_args(*MODEL, "--print-bios"))
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
+    bios, summary = result.stdout.split("Summary: job ", 1)
+    for artist in job.artists:
+        assert f"=== {artist.name} ({artist.artist_id}) ===\n{bio_for(artist.name)}\n" in bios
+    assert sum(line.startswith("=== ") for line in bios.splitlines()) == len(job.artists)
+    assert list(summary_table("Summary: job " + summary, strict=True)) == SUMMARY_LABELS
+
+
+def test_quiet_prints_only_warnings_and_errors(make_job: MakeJob) -> None:
+    """``--quiet``: no summary, no progress and no INFO line; a warning still shows."""
+    job = make_job(3, seed=1103, database=False)
+    result = job.run(*job.input_args(*MODEL, "--no-db", "--quiet"))
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines, "the no-database warning is a warning"
+    assert all(" WARNING " in line or " ERROR " in line for line in lines), result.stderr
+    assert "no database configured" in result.stderr
+
+
+def test_quiet_and_verbose_contradict_each_other(make_job: MakeJob) -> None:
+    job = make_job(1, seed=1104)
+    result = job.run(*job.input_args(*MODEL, "--quiet", "--verbose"))
+    assert result.code == exit_codes.EXIT_INPUT_ERROR
+    assert "--quiet and --verbose contradict each other" in result.stderr
+
+
+# -- --summary-json -------------------------------------------------------------------------------
+
+
+def test_summary_json_of_a_known_run(make_job: MakeJob) -> None:
+    job = make_job(6, seed=1110)
+    result = job.run(*job.input_args(*MODEL, *PRICES, "--summary-json", "run.json"))
+    tokens = tokens_of(job, range(6))
+    cost = tokens["total_tokens"] / 1e6
+    expected = expected_json(job, result, **tokens, cost_usd=cost, job_bios=6, job_cost_usd=cost)
+    assert_figures(summary_json(job.dir / "run.json"), expected)
+    assert (job.dir / "run.json").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in job.dir.glob("run.json*")] == ["run.json"], "no temporary file left"
+
+
+def test_summary_json_of_a_resumed_run(make_job: MakeJob) -> None:
+    """A run stopped at --limit, then the resume: each file holds its own run's figures."""
+    job = make_job(7, seed=1111)
+    first = job.run(*job.input_args(*MODEL, *PRICES, "--limit", "3", "--summary-json", "a.json"))
+    first_tokens = tokens_of(job, range(3))
+    first_cost = first_tokens["total_tokens"] / 1e6
+    expected = expected_json(
+        job,
+        first,
+        exit_code=exit_codes.EXIT_LIMIT_REACHED,
+        error="--limit 3 reached: this run started 3 artists and more are left; run again "
+        "with --resume to continue.",
+        # The fourth artist was read (that is how the run knows more are left), not sent.
+        input_lines=4,
+        committed=3,
+        requests=3,
+        remaining=4,
+        **first_tokens,
+        cost_usd=first_cost,
+        job_bios=3,
+        job_cost_usd=first_cost,
+    )
+    assert_figures(summary_json(job.dir / "a.json"), expected)
+
+    rest = job.run("--resume", *PRICES, "--summary-json", "b.json")
+    tokens = tokens_of(job, range(3, 7))
+    cost = tokens["total_tokens"] / 1e6
+    expected = expected_json(
+        job,
+        rest,
+        input_lines=7,
+        already_done=3,
+        committed=4,
+        requests=4,
+        **tokens,
+        cost_usd=cost,
+        job_bios=7,
+        job_cost_usd=first_cost + cost,
+    )
+    assert_figures(summary_json(job.dir / "b.json"), expected)
+
+
+def test_summary_json_of_runs_with_failures_and_a_given_up_artist(make_job: MakeJob) -> None:
+    """One artist always fails, one fails once after a 5xx retry: failed, retries, remaining;
+    the next run gives the first up (``--max-attempts 1``) and has nothing left."""
+    job = make_job(5, seed=1112)
+    poison, flaky = job.artists[1], job.artists[3]
+    job.fake.add_rule("bad_request", name=poison.name)
+    job.fake.add_rule("server_error", name=flaky.name, times=1)
+    args = ("--max-attempts", "1", "--summary-json", "run.json")
+    first = job.run(*job.input_args(*MODEL, *PRICES, *args))
+    tokens = tokens_of(job, [0, 2, 3, 4])
+    cost = tokens["total_tokens"] / 1e6
+    expected = expected_json(
+        job,
+        first,
+        exit_code=exit_codes.EXIT_API_FAILURES,
+        committed=4,
+        failed=1,
+        remaining=1,
+        requests=6,
+        retries=1,
+        **tokens,
+        cost_usd=cost,
+        job_bios=4,
+        job_cost_usd=cost,
+    )
+    assert_figures(summary_json(job.dir / "run.json"), expected)
+
+    again = job.run("--resume", *PRICES, *args)
+    expected = expected_json(
+        job,
+        again,
+        already_done=4,
+        committed=0,
+        given_up=1,
+        requests=0,
+        input_tokens=0,
+        output_tokens=0,
+        total_tokens=0,
+        cost_usd=0.0,
+        job_bios=4,
+        job_cost_usd=cost,
+    )
+    assert_figures(summary_json(job.dir / "run.json"), expected)
+
+
+def test_summary_json_of_a_run_that_failed_after_it_started(make_job: MakeJob) -> None:
+    """The table does not exist (found after the lock was taken): exit 3, the error, zeros."""
+    job = make_job(2, seed=1113)
+    result = job.run(*job.input_args(*MODEL, "--db-table", "nosuch", "--summary-json", "s.json"))
+    assert result.code == exit_codes.EXIT_CONFIG_ERROR, result.stderr
+    assert result.stdout == ""
+    data = summary_json(job.dir / "s.json")
+    assert data["exit_code"] == exit_codes.EXIT_CONFIG_ERROR
+    assert data["exit_meaning"] == exit_codes.meaning(exit_codes.EXIT_CONFIG_ERROR)
+    assert "nosuch" in data["error"] and data["error"] in result.stderr
+    assert data["committed"] == data["requests"] == 0 and data["job"] == "out"
+
+
+def test_summary_json_of_a_run_refused_before_it_started(make_job: MakeJob) -> None:
+    """No API key: refused while reading the configuration, and still reported (cron's
+    monitoring must see every run's exit code)."""
+    job = make_job(2, seed=1114)
+    result = job.run(
+        *job.input_args(*MODEL, "--output", "bios.jsonl", "--summary-json", "s.json"),
+        env={"OPENAI_API_KEY": None},
+    )
+    assert result.code == exit_codes.EXIT_CONFIG_ERROR, result.stderr
+    data = summary_json(job.dir / "s.json")
+    assert (data["job"], data["output"], data["exit_code"]) == ("bios", "bios.jsonl", 3)
+    assert data["error"].startswith("No API key found")
+
+
+def test_a_summary_json_in_a_missing_directory_is_refused_before_the_run(
+    make_job: MakeJob,
+) -> None:
+    job = make_job(2, seed=1115)
+    result = job.run(*job.input_args(*MODEL, "--summary-json", "nodir/s.json"))
+    assert result.code == exit_codes.EXIT_INPUT_ERROR
+    assert "--summary-json 'nodir/s.json' must be a file in an existing directory" in result.stderr
+    assert job.fake.total_requests == 0 and not job.out.exists()
+
+
+@pytest.mark.timeout(120)
+def test_summary_json_and_metrics_of_an_interrupted_run(make_job: MakeJob) -> None:
+    """SIGTERM with four artists in flight: they finish, the run exits 130 and the JSON and
+    the metrics say so, with exactly what was committed and what is left."""
+    job = make_job(20, seed=1116)
+    job.fake.add_rule("ok", times=1)
+    job.fake.add_rule("hang", delay=1.5)
+    proc = job.start_process(
+        *job.input_args(*MODEL, *PRICES, "--max-workers", "4", "--summary-json", "s.json"),
+        "--metrics-file",
+        "bios.prom",
+    )
+    try:
+        assert job.fake.wait_for_requests(5, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == exit_codes.EXIT_INTERRUPTED, stderr
+    data = summary_json(job.dir / "s.json")
+    assert data["interrupted"] is True and data["exit_code"] == exit_codes.EXIT_INTERRUPTED
+    assert data["committed"] == data["requests"] == 5
+    assert data["remaining"] == 15
+    assert summary_table(stdout)["remaining"][0] == "15"
+    tokens = tokens_of(job, range(5))["total_tokens"]
+    metrics = metrics_of(job.dir / "bios.prom")
+    start, end = timestamps(data)
+    assert metrics == pytest.approx(
+        {
+            "run_start_timestamp_seconds": start,
+            "run_end_timestamp_seconds": end,
+            "running": 0,
+            "exit_code": exit_codes.EXIT_INTERRUPTED,
+            "run_duration_seconds": data["elapsed_seconds"],
+            "artists_committed": 5,
+            "artists_failed": 0,
+            "artists_remaining": 15,
+            "requests": 5,
+            "tokens": tokens,
+            "cost_usd": tokens / 1e6,
+        },
+        abs=1e-3,
+    )
+    assert time.time() - datetime.fromisoformat(data["ended_at"]).timestamp() < 60
+
+
+# -- --metrics-file -------------------------------------------------------------------------------
+
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)(?: (-?\d+))?")
+METRIC_TYPES = {"counter", "gauge", "histogram", "summary", "untyped"}
+
+
+def _float(text: str) -> float:
+    """A sample value as the text format allows it (Go's ParseFloat, plus NaN and +-Inf)."""
+    if text in ("NaN", "+Inf", "-Inf"):
+        return float(text.replace("Inf", "inf"))
+    assert re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", text), f"bad value {text!r}"
+    return float(text)
+
+
+def _labels(text: str | None) -> tuple[tuple[str, str], ...]:
+    if not text:
+        return ()
+    pairs = []
+    rest = text
+    while rest:
+        match = LABEL.match(rest)
+        assert match, f"bad labels {text!r}"
+        pairs.append((match.group(1), match.group(2)))
+        rest = rest[match.end() :]
+        assert rest == "" or rest.startswith(","), f"bad labels {text!r}"
+        rest = rest[1:]
+    names = [name for name, _ in pairs]
+    assert len(names) == len(set(names)), f"a label twice in {text!r}"
+    return tuple(pairs)
+
+
+def check_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """What ``promtool check metrics`` would reject, as assertions; returns the samples,
+    family -> labels -> value. Checked: lines end in a newline; HELP and TYPE at most once per
+    family, before its samples, a known TYPE, a HELP text; valid metric and label names and
+    label values; float values; every sample has a HELP and a TYPE; a family's lines are
+    together; no series twice."""
+    assert text.endswith("\n") and "\r" not in text
+    helps: dict[str, str] = {}
+    types: dict[str, str] = {}
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    order: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            name, _, rest = line[7:].partition(" ")
+            assert METRIC_NAME.fullmatch(name), f"bad metric name {name!r}"
+            assert name not in samples, f"{line!r} after the samples of {name}"
+            seen = helps if line.startswith("# HELP ") else types
+            assert name not in seen, f"two {line[2:6]} lines for {name}"
+            seen[name] = rest
+            assert rest, f"empty {line[2:6]} for {name}"
+            if seen is types:
+                assert rest in METRIC_TYPES, f"unknown type {rest!r}"
+        elif line.startswith("#") or not line.strip():
+            continue
+        else:
+            match = SAMPLE.fullmatch(line)
+            assert match, f"not a sample line: {line!r}"
+            name, labels = match.group(1), _labels(match.group(2))
+            series = samples.setdefault(name, {})
+            assert labels not in series, f"series twice: {line!r}"
+            series[labels] = _float(match.group(3))
+        family = line[7:].split(" ")[0] if line.startswith("# ") else line.split("{")[0]
+        if not order or order[-1] != family:
+            assert family not in order, f"the lines of {family} are not together"
+            order.append(family)
+    assert set(samples) <= set(types) and set(samples) <= set(helps), "a sample without HELP/TYPE"
+    return samples
+
+
+def metrics_of(path: Path, job: str = "out") -> dict[str, float]:
+    """The checked metrics file: family (without the prefix) -> the job's value."""
+    values: dict[str, float] = {}
+    for name, series in check_metrics(path.read_text(encoding="utf-8")).items():
+        assert list(series) == [(("job", job),)], f"{name}: one sample, labelled job={job}"
+        values[name.removeprefix("artist_bio_gen_")] = series[(("job", job),)]
+    return values
+
+
+def timestamps(data: dict[str, Any]) -> tuple[float, float]:
+    """(start, end) of a --summary-json, as Unix times."""
+    start, end = (datetime.fromisoformat(data[key]) for key in ("started_at", "ended_at"))
+    return start.timestamp(), end.timestamp()
+
+
+def test_the_metrics_validator_rejects_what_promtool_rejects() -> None:
+    good = '# HELP a_b An a.\n# TYPE a_b gauge\na_b{job="x"} 1.5e3\n'
+    assert check_metrics(good) == {"a_b": {(("job", "x"),): 1500.0}}
+    for bad in (
+        good + "# TYPE a_b gauge\n",  # two TYPE lines
+        good.replace("a_b{", "a-b{"),  # a bad name
+        good.replace("1.5e3", "1,5"),  # a bad value
+        good.replace('job="x"', "job=x"),  # a bad label
+        good.replace("# HELP a_b An a.\n", ""),  # no HELP
+        good + 'a_b{job="x"} 2\n',  # the same series twice
+        good + '# HELP c A c.\n# TYPE c gauge\nc 1\na_b{job="y"} 1\n',  # a family split
+        good.rstrip("\n"),  # no final newline
+    ):
+        with pytest.raises(AssertionError):
+            check_metrics(bad)
+
+
+def test_metrics_file_of_a_known_run_then_failing_runs_keep_the_last_success(
+    make_job: MakeJob,
+) -> None:
+    """Four runs of one job: stopped at --limit, some failed, done, refused (no key). Each
+    rewrites the file with its own figures; the last success survives the failing runs."""
+    job = make_job(6, seed=1120)
+    poison = job.artists[5]
+    job.fake.add_rule("bad_request", name=poison.name, times=1)  # fails once, then answers
+    args = ("--summary-json", "run.json", "--metrics-file", "bios.prom")
+
+    first = job.run(*job.input_args(*MODEL, *PRICES, "--limit", "5", *args))
+    assert first.code == exit_codes.EXIT_LIMIT_REACHED, first.stderr
+    start, end = timestamps(summary_json(job.dir / "run.json"))
+    tokens = tokens_of(job, range(5))["total_tokens"]
+    metrics = metrics_of(job.dir / "bios.prom")
+    assert metrics == pytest.approx(
+        {
+            "run_start_timestamp_seconds": start,
+            "run_end_timestamp_seconds": end,
+            "running": 0,
+            "exit_code": exit_codes.EXIT_LIMIT_REACHED,
+            "run_duration_seconds": metrics["run_duration_seconds"],
+            "artists_committed": 5,
+            "artists_failed": 0,
+            "artists_remaining": 1,
+            "requests": 5,
+            "tokens": tokens,
+            "cost_usd": tokens / 1e6,
+        },
+        abs=1e-3,
+    )
+    assert "last_success_timestamp_seconds" not in metrics, "no run has succeeded yet"
+    assert 0 < metrics["run_duration_seconds"] <= end - start
+    assert (job.dir / "bios.prom").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in job.dir.glob("bios.prom*")] == ["bios.prom"]
+
+    failed = job.run("--resume", *PRICES, *args)
+    assert failed.code == exit_codes.EXIT_API_FAILURES, failed.stderr
+    metrics = metrics_of(job.dir / "bios.prom")
+    assert metrics["exit_code"] == exit_codes.EXIT_API_FAILURES
+    assert (metrics["artists_committed"], metrics["artists_failed"]) == (0, 1)
+    assert (metrics["artists_remaining"], metrics["requests"], metrics["tokens"]) == (1, 1, 0)
+    assert "last_success_timestamp_seconds" not in metrics
+
+    done = job.run("--resume", *PRICES, *args)
+    assert done.code == exit_codes.EXIT_SUCCESS, done.stderr
+    start, end = timestamps(summary_json(job.dir / "run.json"))
+    metrics = metrics_of(job.dir / "bios.prom")
+    assert metrics["last_success_timestamp_seconds"] == pytest.approx(end, abs=1e-3)
+    assert metrics["run_end_timestamp_seconds"] == metrics["last_success_timestamp_seconds"]
+    assert metrics["run_start_timestamp_seconds"] == pytest.approx(start, abs=1e-3)
+    assert (metrics["artists_committed"], metrics["artists_remaining"]) == (1, 0)
+    assert metrics["exit_code"] == exit_codes.EXIT_SUCCESS
+    success = metrics["last_success_timestamp_seconds"]
+
+    refused = job.run("--resume", *args, env={"OPENAI_API_KEY": None})
+    assert refused.code == exit_codes.EXIT_CONFIG_ERROR, refused.stderr
+    metrics = metrics_of(job.dir / "bios.prom")
+    assert metrics["exit_code"] == exit_codes.EXIT_CONFIG_ERROR
+    assert metrics["last_success_timestamp_seconds"] == success
+    assert metrics["run_end_timestamp_seconds"] > success
+    assert metrics["artists_remaining"] == 0, "carried over: the refused run read no input"
+    assert (metrics["artists_committed"], metrics["requests"], metrics["running"]) == (0, 0, 0)

@@ -410,16 +410,17 @@ def named_tests(text: str) -> Iterator[tuple[str, str | None]]:
             yield current, match[3]
 
 
-def test_every_test_the_architecture_doc_names_exists() -> None:
+@pytest.mark.parametrize("doc", ["docs/ARCHITECTURE.md", "docs/MIGRATING.md", "README.md"])
+def test_every_test_a_doc_names_exists(doc: str) -> None:
     problems = []
-    for name, function in named_tests(ARCHITECTURE):
+    for name, function in named_tests((ROOT / doc).read_text(encoding="utf-8")):
         path = ROOT / "tests" / name
         if not path.exists():
             problems.append(f"tests/{name} does not exist")
             continue
         if function and function not in _test_functions(path):
             problems.append(f"tests/{name} has no function {function}")
-    assert not problems, "docs/ARCHITECTURE.md is out of date:\n  " + "\n  ".join(problems)
+    assert not problems, f"{doc} is out of date:\n  " + "\n  ".join(problems)
 
 
 def test_a_renamed_test_is_caught() -> None:

@@ -476,3 +476,199 @@ def test_nothing_refers_to_documents_outside_the_repository(where: str) -> None:
         "say what is meant in words (e.g. 'committed only: a line only after its commit') "
         "or point at a file of the repository:\n  " + "\n  ".join(found)
     )
+
+
+# --- the README's configuration table ------------------------------------------------------
+
+
+class TableRow:
+    """One row of the README's ``| option | env var | default | meaning |`` table."""
+
+    def __init__(self, options: list[str], env: str | None, default: str):
+        self.options = options
+        self.env = env
+        self.default = default
+
+    def __repr__(self) -> str:
+        return f"TableRow({self.options}, {self.env}, {self.default!r})"
+
+
+def config_table(readme: str) -> list[TableRow]:
+    """The rows of the table whose header is ``| option | env var | default | meaning |``."""
+    table = readme.split("| option | env var | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for line in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        options = re.findall(r"`(--[\w-]+)`", cells[0])
+        env = None if cells[1] == "-" else cells[1].strip("`")
+        rows.append(TableRow(options, env, cells[2]))
+    return rows
+
+
+#: Defaults that are not one value of the option: the exact words the table uses for each,
+#: and the check that shows the configuration really behaves so.
+DESCRIBED_DEFAULTS = {
+    "--input": "- (required; on `--resume`, the job's)",
+    "--instructions-file": "the built-in instructions",
+    "--db-pool-size": "min(workers, 10)",
+    "--transaction-log": "`<stem>.transactions.jsonl`",
+    "--service-tier": "- (the account's)",
+}
+
+#: What each option needs beside it to be valid (given on both sides of a comparison).
+COMPANIONS = {
+    "--price-input": ["--price-output", "1"],
+    "--price-output": ["--price-input", "1"],
+    "--batch-wait": ["--mode", "batch"],
+}
+
+#: Options that cannot be left out when their companion is given: the value the baseline
+#: of a comparison gives them instead.
+REFERENCE_VALUES = {"--price-input": "3", "--price-output": "3"}
+
+BASE_ENV = {
+    "OPENAI_API_KEY": "sk-doc-base-key",
+    "DATABASE_URL": "postgresql://u:p@localhost:5432/music",
+}
+
+
+def _resolve(
+    args: list[str], env: Mapping[str, str] | None = None, testing: str = ""
+) -> config.Config:
+    """The configuration of ``args`` plus an input and a model (a stored prompt when the
+    option ``testing`` is ``--model``), over a key and a database URL in the environment."""
+    prompt = ["--prompt-id", "pmpt_base"] if testing == "--model" else ["--model", "base-model"]
+    base = ["--input", "x.csv", *prompt]
+    parsed = cli_main.create_argument_parser().parse_args([*base, *args])
+    return config.resolve_config(parsed, {**BASE_ENV, **(env or {})})
+
+
+def _sample(action: argparse.Action, default: object) -> str:
+    """A valid value of ``action`` other than its default."""
+    if action.choices:
+        return next(str(c) for c in action.choices if str(c) != str(default))
+    if action.type is int:
+        number = int(str(default)) if default is not None else 20
+        return str(number // 2 if number >= 2 else number + 1)
+    if action.type is float:
+        value = float(str(default)) if default is not None else 20.0
+        return str(value / 2 if value > 0 else 1.0)
+    if action.type is not None:  # --quota-monitoring: true or false
+        return "false" if str(default) == "true" else "true"
+    if "url" in action.dest:
+        return "postgresql://u:p@elsewhere:5432/other"
+    return f"doc-{action.dest}"
+
+
+def _literal_default(row: TableRow) -> str | None:
+    match = re.fullmatch(r"`([^`]+)`", row.default)
+    return match[1] if match else None
+
+
+def config_table_problems(rows: list[TableRow]) -> list[str]:
+    """Options missing from the table or unknown to the parser, and env vars and defaults
+    the configuration does not really have."""
+    parser = cli_main.create_argument_parser()
+    actions = {s: a for a in parser._actions for s in a.option_strings}
+    listed = [option for row in rows for option in row.options]
+    problems = [
+        f"{option} is missing from the README's configuration table"
+        for option in option_strings(parser)
+        if option not in listed
+    ]
+    problems += [f"the configuration table lists {o}, which the parser lacks" for o in listed
+                 if o not in actions]  # fmt: skip
+    for row in rows:
+        if row.options and all(o in actions for o in row.options):
+            problems += _row_problems(row, actions[row.options[0]])
+    return problems
+
+
+def _row_problems(row: TableRow, action: argparse.Action) -> list[str]:
+    option = row.options[0]
+    if {s for s in action.option_strings} != set(row.options):
+        return [f"{option}: the row names {row.options}, the parser {action.option_strings}"]
+    if isinstance(action, argparse._StoreTrueAction):
+        ok = row.default == "off" and row.env is None
+        return [] if ok else [f"{option} is a switch: its row should say '-' and 'off'"]
+    problems = []
+    if option in DESCRIBED_DEFAULTS:
+        if row.default != DESCRIBED_DEFAULTS[option]:
+            problems.append(f"{option}: default {row.default!r}, expected the described one")
+    elif row.default.startswith("-"):
+        if row.default != "-":
+            problems.append(f"{option}: default {row.default!r} is neither '-' nor a value")
+    elif _literal_default(row) is None:
+        problems.append(f"{option}: default {row.default!r} is not one `value`")
+    return problems + _behaviour_problems(row, action)
+
+
+def _behaviour_problems(row: TableRow, action: argparse.Action) -> list[str]:
+    """The configuration resolved with the documented env var and default behaves so."""
+    option = row.options[0]
+    if option in ("--input", "--instructions-file", "--transaction-log"):
+        return []  # no variable; their defaults are checked in test_described_defaults_hold
+    companions = COMPANIONS.get(option, [])
+    default = _literal_default(row)
+    value = _sample(action, default)
+    reference = [option, REFERENCE_VALUES[option]] if option in REFERENCE_VALUES else []
+    baseline = _resolve([*companions, *reference], testing=option)
+    given = _resolve([*companions, option, value], testing=option)
+    problems = []
+    if given == baseline:
+        problems.append(f"{option} {value} changes nothing in the configuration")
+    if default is not None and _resolve([*companions, option, default], testing=option) != baseline:
+        problems.append(f"{option}: the documented default {default} is not the real one")
+    if row.env is not None and _resolve(companions, {row.env: value}, option) != given:
+        problems.append(f"{option}: {row.env}={value} does not act like {option} {value}")
+    return problems
+
+
+def test_the_configuration_table_matches_the_parser_and_the_configuration(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    rows = config_table(README)
+    assert len(rows) > 40, "the configuration table was not found"
+    problems = config_table_problems(rows)
+    # Every variable the configuration reads is some option's, and in the table.
+    in_table = {row.env for row in rows if row.env}
+    problems += [
+        f"{name} is read by the configuration but missing from the configuration table"
+        for name in sorted(variables_read(monkeypatch, tmp_path) - in_table)
+    ]
+    assert not problems, "README configuration table:\n  " + "\n  ".join(problems)
+
+
+def test_described_defaults_hold(tmp_path: Path) -> None:
+    """The defaults the table describes in words rather than as one value."""
+    assert _resolve(["--max-workers", "3"]).db.pool_size == 3  # type: ignore[union-attr]
+    assert _resolve(["--max-workers", "20"]).db.pool_size == 10  # type: ignore[union-attr]
+    assert _resolve([]).service_tier is None  # not sent: the account's default applies
+    from artist_bio_gen.api.request import DEFAULT_INSTRUCTIONS
+    from artist_bio_gen.jobfiles import JobPaths
+
+    assert _resolve([]).prompt.instructions == DEFAULT_INSTRUCTIONS
+    assert JobPaths(Path("bios.jsonl")).transaction_log == Path("bios.transactions.jsonl")
+    with pytest.raises(UsageError, match="No input file given"):
+        config.resolve_config(
+            cli_main.create_argument_parser().parse_args(["--model", "m"]), BASE_ENV
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("| `--max-workers` | `MAX_WORKERS` | `4` |", "| `--max-workers` | `MAX_WORKERS` | `8` |"),
+         "--max-workers: the documented default 8 is not the real one"),
+        (("| `--max-workers` | `MAX_WORKERS` |", "| `--max-workers` | `OPENAI_RPM` |"),
+         "--max-workers: OPENAI_RPM=2 does not act like --max-workers 2"),
+        (("| `--limit` | - | - |", "| `--limitt` | - | - |"),
+         "--limit is missing from the README's configuration table"),
+        (("| `--no-db` | - | off |", "| `--no-db` | - | on |"),
+         "--no-db is a switch: its row should say '-' and 'off'"),
+    ],
+)  # fmt: skip
+def test_a_stale_configuration_table_is_caught(change: tuple[str, str], expected: str) -> None:
+    old, new = change
+    assert old in README
+    assert expected in config_table_problems(config_table(README.replace(old, new)))

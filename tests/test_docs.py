@@ -1,32 +1,48 @@
-"""The documentation covers what the code accepts (pure: no database, no server).
+"""The documentation covers what the code accepts, and what it shows works.
 
 In the spirit of simonw/sqlite-utils' ``tests/test_docs.py``: every option of every command
-appears in that command's ``--help`` and in ``README.md``; every environment variable the
-configuration reads appears in ``.env.example``; every exit code of ``exit_codes.py`` appears,
-with its number, in ``--help``'s "exit codes:" epilog and in the README's exit-code table.
-Each check is a function returning the problems it found, so the tests at the end can show
-that each one fails on an undocumented option, variable or code.
+appears in that command's ``--help`` and in ``README.md``; the README's configuration table
+gives each option of a run the environment variable and default the configuration really
+has; every environment variable the configuration reads appears in ``.env.example``; every
+exit code of ``exit_codes.py`` appears, with its number, in ``--help``'s "exit codes:" epilog
+and in the README's exit-code table; every ``artist-bio-gen`` command shown in README.md,
+AGENTS.md, docs/*.md and the ``--help`` examples parses with the parser ``main`` gives it, and
+every ``make`` target shown exists. Each check is a function returning the problems it found,
+so a test beside it can show that it fails on an undocumented option, a wrong default, a
+misspelt flag. These checks are pure; at the end, a representative few of the shown commands
+run for real, in process, against the fake OpenAI server and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
 import inspect
+import io
+import json
 import pkgutil
 import re
+import shlex
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 import artist_bio_gen.cli
-from artist_bio_gen import config, exit_codes
+from artist_bio_gen import config, exit_codes, parse_input_file
 from artist_bio_gen.cli import batch as cli_batch
 from artist_bio_gen.cli import verify as cli_verify
 from artist_bio_gen.errors import UsageError
 from artist_bio_gen.failure_codes import FAILURE_CODES
+from artist_bio_gen.models import ArtistData
+
+from .support.checks import assert_mirror
+from .support.cli import CliResult, MakeJob, run_in_process
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 # The module, not the function ``artist_bio_gen.cli.main`` that the package re-exports.
 cli_main = importlib.import_module("artist_bio_gen.cli.main")
@@ -672,3 +688,298 @@ def test_a_stale_configuration_table_is_caught(change: tuple[str, str], expected
     old, new = change
     assert old in README
     assert expected in config_table_problems(config_table(README.replace(old, new)))
+
+
+# --- every command the docs show -----------------------------------------------------------
+
+#: The documents whose commands must work, and the languages of their fenced blocks that hold
+#: shell lines (a bare fence too: the README's diagrams hold no command line).
+DOCS = ["README.md", "AGENTS.md", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("docs/*.md"))]
+SHELL_LANGUAGES = {"", "sh", "bash", "shell", "console", "cron"}
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+#: Tokens that end a command on a shell line (what follows is another command or a redirect).
+SHELL_OPERATORS = {"&&", "||", "|", ";", "&", ">", ">>", "<", "2>&1", "2>", "2>>"}
+
+
+class ShownCommand:
+    """One ``artist-bio-gen ...`` command line as a document shows it."""
+
+    def __init__(self, where: str, args: list[str]):
+        self.where = where
+        self.args = args
+
+    @property
+    def text(self) -> str:
+        return " ".join([PROGRAM, *self.args])
+
+    def __repr__(self) -> str:
+        return f"{self.where}: {self.text}"
+
+
+def _program_end(tokens: list[str]) -> int | None:
+    """Index after the program in ``tokens`` (``artist-bio-gen`` at any path, or
+    ``python -m artist_bio_gen``); None when the line runs no command of ours."""
+    for index, token in enumerate(tokens):
+        if token.rsplit("/", 1)[-1] == PROGRAM:
+            return index + 1
+        if tokens[index : index + 2] == ["-m", "artist_bio_gen"]:
+            return index + 2
+    return None
+
+
+def _command_in(line: str, where: str) -> ShownCommand | None:
+    line = line.strip().removeprefix("$ ")
+    try:
+        tokens = shlex.split(line, comments=True)
+    except ValueError:
+        return None
+    start = _program_end(tokens)
+    if start is None:
+        return None
+    args: list[str] = []
+    for token in tokens[start:]:
+        if token in SHELL_OPERATORS or token.startswith((">", "2>")):
+            break
+        args.append(token)
+    return ShownCommand(where, args)
+
+
+def shown_commands(text: str, name: str) -> list[ShownCommand]:
+    """Every command line of ours in ``text``: in its shell code blocks (continuation lines
+    joined) and in its inline code spans."""
+    found = []
+    for match in FENCE.finditer(text):
+        if match[1] not in SHELL_LANGUAGES:
+            continue
+        first = text.count("\n", 0, match.start()) + 2
+        body = match[2].replace("\\\n", " ")
+        for offset, line in enumerate(body.splitlines()):
+            command = _command_in(line, f"{name}:{first + offset}")
+            if command is not None:
+                found.append(command)
+    prose = FENCE.sub(lambda m: "\n" * m[0].count("\n"), text)
+    for match in re.finditer(r"`([^`\n]+)`", prose):
+        span = match[1]
+        if span.startswith((f"{PROGRAM} ", "python -m artist_bio_gen ")):
+            where = f"{name}:{prose.count(chr(10), 0, match.start()) + 1}"
+            command = _command_in(span, where)
+            if command is not None:
+                found.append(command)
+    return found
+
+
+def all_shown_commands() -> list[ShownCommand]:
+    """The commands of every document, and the examples of every command's ``--help``."""
+    found = []
+    for name in DOCS:
+        found += shown_commands((ROOT / name).read_text(encoding="utf-8"), name)
+    for command, factory in sorted(FACTORIES.items()):
+        epilog = factory().epilog or ""
+        for shown in shown_commands(f"```sh\n{epilog}\n```\n", "help"):
+            line = int(shown.where.split(":")[1]) - 1  # the fence line added above
+            found.append(ShownCommand(f"`{command} --help`, epilog line {line}", shown.args))
+    return found
+
+
+def _parser_for(args: list[str]) -> tuple[argparse.ArgumentParser, list[str]] | str:
+    """The parser ``main`` sends ``args`` to and the arguments it gets, or a problem."""
+    best = PROGRAM
+    for command in FACTORIES:
+        words = command.split()[1:]
+        if words and args[: len(words)] == words and len(command) > len(best):
+            best = command
+    rest = args[len(best.split()) - 1 :]
+    if rest and not rest[0].startswith("-") and best == PROGRAM:
+        return (
+            f"unknown subcommand `{PROGRAM} {rest[0]}`: no parser in artist_bio_gen/cli has that "
+            f"prog (known: {', '.join(sorted(FACTORIES))})"
+        )
+    return FACTORIES[best](), rest
+
+
+def command_problems(command: ShownCommand) -> list[str]:
+    """Why ``command`` would not parse as shown: an unknown subcommand, an option the parser
+    lacks (or abbreviates: argparse would accept ``--max-work``), a bad value."""
+    found = _parser_for(command.args)
+    if isinstance(found, str):
+        return [f"{command!r}: {found}"]
+    parser, rest = found
+    known = set(option_strings(parser)) | {"-h", "--help"}
+    problems = [
+        f"{command!r}: {token.split('=', 1)[0]} is not an option of `{parser.prog}`"
+        for token in rest
+        if token.startswith("--") and token.split("=", 1)[0] not in known
+    ]
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+        try:
+            parser.parse_args(rest)
+        except SystemExit as exited:
+            if exited.code != 0:  # 0: --help
+                last = stderr.getvalue().strip().splitlines()[-1:]
+                problems.append(f"{command!r}: {' '.join(last)}")
+    return problems
+
+
+def test_every_command_the_docs_show_parses() -> None:
+    commands = all_shown_commands()
+    wheres = {c.where.split(":")[0].split(",")[0] for c in commands}
+    assert {"README.md", "docs/MIGRATING.md", f"`{PROGRAM} --help`"} <= wheres
+    problems = [problem for command in commands for problem in command_problems(command)]
+    assert not problems, "commands in the docs that do not parse:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("artist-bio-gen --inptu artists.csv --model m",
+         "--inptu is not an option of `artist-bio-gen`"),
+        ("artist-bio-gen --input a.csv --max-worker 8",
+         "--max-worker is not an option of `artist-bio-gen`"),
+        ("artist-bio-gen --input a.csv --max-workers many",
+         "argument --max-workers: invalid int value: 'many'"),
+        ("artist-bio-gen verify --output o.jsonl --repiar",
+         "--repiar is not an option of `artist-bio-gen verify`"),
+        ("artist-bio-gen frobnicate --output o.jsonl",
+         "unknown subcommand `artist-bio-gen frobnicate`"),
+    ],
+)  # fmt: skip
+def test_a_command_that_does_not_parse_is_caught(line: str, expected: str) -> None:
+    (command,) = shown_commands(f"```sh\n{line}  # a comment\n```\n", "doc")
+    problems = command_problems(command)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_commands_are_found_in_blocks_spans_and_cron_lines() -> None:
+    text = (
+        "Run `artist-bio-gen --resume --retry-failed` again.\n\n"
+        "```cron\n0 * * * * cd /srv && /srv/.venv/bin/artist-bio-gen --resume --output "
+        "/srv/out.jsonl >> /var/log/x.log 2>&1\n```\n\n"
+        "```sh\npython -m artist_bio_gen verify \\\n  --output out.jsonl\n```\n"
+        '```json\n{"artist-bio-gen": 1}\n```\n'
+    )
+    assert [(c.where, c.args) for c in shown_commands(text, "doc")] == [
+        ("doc:4", ["--resume", "--output", "/srv/out.jsonl"]),
+        ("doc:8", ["verify", "--output", "out.jsonl"]),
+        ("doc:1", ["--resume", "--retry-failed"]),
+    ]
+
+
+def make_targets(text: str) -> set[str]:
+    """The targets of every ``make X`` in the code of ``text``: its shell code blocks and its
+    inline code spans (prose such as "make a run safe" is not a command)."""
+    code = [m[2] for m in FENCE.finditer(text) if m[1] in SHELL_LANGUAGES]
+    prose = FENCE.sub("", text)
+    code += re.findall(r"`([^`\n]+)`", prose)
+    pattern = re.compile(r"(?:^|[\s;&|])make ([a-z][\w-]*)", re.MULTILINE)
+    return {target for piece in code for target in pattern.findall(piece)}
+
+
+def test_every_make_target_the_docs_show_exists() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    defined = set(re.findall(r"^([\w.-]+):", makefile, re.MULTILINE))
+    shown = {
+        (name, target)
+        for name in DOCS
+        for target in make_targets((ROOT / name).read_text(encoding="utf-8"))
+    }
+    assert {target for _, target in shown} >= {"install", "test", "lint", "bench"}
+    missing = sorted(f"{name}: make {target}" for name, target in shown if target not in defined)
+    assert not missing, f"make targets the docs show but the Makefile lacks: {missing}"
+    assert make_targets("`PYTEST_ARGS='-m x' make test`; to make a run, `make demo`") == {
+        "test",
+        "demo",
+    }
+
+
+# --- and a representative few of them, run -------------------------------------------------
+# In the test process, against the fake OpenAI server and a real PostgreSQL database, in the
+# test's directory (the working directory, where make_job writes artists.csv).
+
+
+def shown_args(text: str) -> list[str]:
+    """The arguments of the command a document shows as exactly ``text``."""
+    for command in all_shown_commands():
+        if command.text == text:
+            return command.args
+    raise AssertionError(f"no document shows `{text}` any more; update this test")
+
+
+def ok(result: CliResult) -> CliResult:
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
+    return result
+
+
+def test_the_quick_start_dry_run_runs(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    args = shown_args(
+        f"{PROGRAM} --input examples/artists.csv --model gpt-4.1-mini --no-db --dry-run"
+    )
+    result = ok(run_in_process(args))
+    example_ids = {
+        a.artist_id for a in parse_input_file(tmp_path / "examples" / "artists.csv").artists
+    }
+    shown = [json.loads(line)["artist_id"] for line in result.stdout.splitlines() if line]
+    assert shown and set(shown) <= example_ids
+    assert f"dry run: {len(example_ids)} artists would be processed" in result.stderr
+
+
+def test_the_readme_job_commands_run(
+    make_job: MakeJob, fake_openai: FakeOpenAI, database: TestDatabase
+) -> None:
+    """Start a job, verify it, and the cron and retry commands that continue it."""
+    job = make_job(6, seed=1101)
+    ok(job.run(*shown_args(f"{PROGRAM} --input artists.csv --prompt-id pmpt_123 --max-workers 16")))
+    assert len(assert_mirror(job.out, database)) == 6
+    assert fake_openai.total_requests == 6
+    for verify in ("verify --output out.jsonl", "verify --output out.jsonl --repair"):
+        assert "out.jsonl" in ok(job.run(*shown_args(f"{PROGRAM} {verify}"))).stdout
+    cron = shown_args(f"{PROGRAM} --resume --output /srv/bios/out.jsonl")
+    ok(job.run(*[arg.replace("/srv/bios/", "") for arg in cron]))
+    ok(job.run(*shown_args(f"{PROGRAM} --resume --retry-failed")))
+    ok(job.run(*shown_args(f"{PROGRAM} --resume")))
+    assert fake_openai.total_requests == 6, "the job was done: no command paid again"
+    # The model example of --help, with its own output, and the verify example of --help.
+    model_job = f"{PROGRAM} --input artists.csv --model gpt-4.1-mini --output bios.jsonl"
+    ok(job.run(*shown_args(model_job)))
+    ok(job.run(*shown_args(f"{PROGRAM} verify --output bios.jsonl --repair")))
+    assert fake_openai.total_requests == 12
+
+
+def test_the_migration_guide_takeover_commands_run(
+    make_job: MakeJob, fake_openai: FakeOpenAI, database: TestDatabase
+) -> None:
+    """docs/MIGRATING.md's takeover of a 1.x output (a failed line, a torn tail), then its
+    verify and resume commands."""
+    job = make_job(5, seed=1102)
+    good, failed, torn = job.artists[:2], job.artists[2], job.artists[3]
+
+    def legacy_line(artist: ArtistData, **fields: object) -> str:
+        record = {"artist_id": artist.artist_id, "artist_name": artist.name}
+        record.update(response_text="Old bio.", db_status="updated", error=None)
+        record.update(fields)
+        return json.dumps(record, ensure_ascii=False) + "\n"
+
+    whole = "".join([*map(legacy_line, good), legacy_line(failed, error="APIError: boom")])
+    job.out.write_text(whole + legacy_line(torn)[:40], encoding="utf-8")
+    env = {"OPENAI_PROMPT_ID": "pmpt_123"}
+
+    takeover = shown_args(f"{PROGRAM} --resume --input artists.csv --output out.jsonl")
+    ok(job.run(*takeover, env=env))
+    assert job.out.read_text(encoding="utf-8").startswith(whole)
+    assert {a.name: fake_openai.calls(a.name) for a in job.artists} == {
+        a.name: 0 if a in good else 1 for a in job.artists
+    }
+    ok(job.run(*shown_args(f"{PROGRAM} verify --output out.jsonl")))
+    ok(job.run(*shown_args(f"{PROGRAM} --resume")))
+    assert fake_openai.total_requests == 3
+
+
+def test_the_batch_commands_run(make_job: MakeJob, fake_openai: FakeOpenAI) -> None:
+    job = make_job(4, seed=1103)
+    submit = f"{PROGRAM} --mode batch --input artists.csv --prompt-id pmpt_123 --model gpt-4.1-mini"
+    assert f"{PROGRAM} --resume" in ok(job.run(*shown_args(submit))).stderr
+    assert len(fake_openai.batches.batches) == 1
+    ok(job.run(*shown_args(f"{PROGRAM} batch cancel --output out.jsonl")))
+    ok(job.run(*shown_args(f"{PROGRAM} --resume")))
+    assert fake_openai.total_requests == 0, "batch mode sends no online request"

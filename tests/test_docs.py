@@ -922,6 +922,10 @@ def test_the_quick_start_dry_run_runs(tmp_path: Path) -> None:
     shown = [json.loads(line)["artist_id"] for line in result.stdout.splitlines() if line]
     assert shown and set(shown) <= example_ids
     assert f"dry run: {len(example_ids)} artists would be processed" in result.stderr
+    # The --help example of the same, on the example input under the name it uses.
+    shutil.copy(tmp_path / "examples" / "artists.csv", tmp_path / "artists.csv")
+    dry = shown_args(f"{PROGRAM} --input artists.csv --model gpt-4.1-mini --dry-run")
+    assert ok(run_in_process(dry)).stdout == result.stdout
 
 
 def test_the_readme_job_commands_run(
@@ -938,6 +942,8 @@ def test_the_readme_job_commands_run(
     ok(job.run(*[arg.replace("/srv/bios/", "") for arg in cron]))
     ok(job.run(*shown_args(f"{PROGRAM} --resume --retry-failed")))
     ok(job.run(*shown_args(f"{PROGRAM} --resume")))
+    nightly = f"{PROGRAM} --resume --daily-limit 5000 --max-cost 20 --service-tier flex"
+    ok(job.run(*shown_args(nightly), env={"OPENAI_PRICE_INPUT": "1", "OPENAI_PRICE_OUTPUT": "2"}))
     assert fake_openai.total_requests == 6, "the job was done: no command paid again"
     # The model example of --help, with its own output, and the verify example of --help.
     model_job = f"{PROGRAM} --input artists.csv --model gpt-4.1-mini --output bios.jsonl"
@@ -976,10 +982,19 @@ def test_the_migration_guide_takeover_commands_run(
 
 
 def test_the_batch_commands_run(make_job: MakeJob, fake_openai: FakeOpenAI) -> None:
+    """Submit; cancel the batch while it runs (it answered 2 of 4 first); finish online."""
     job = make_job(4, seed=1103)
+    fake_openai.batches.script(polls=10, answered=2)
     submit = f"{PROGRAM} --mode batch --input artists.csv --prompt-id pmpt_123 --model gpt-4.1-mini"
     assert f"{PROGRAM} --resume" in ok(job.run(*shown_args(submit))).stderr
     assert len(fake_openai.batches.batches) == 1
     ok(job.run(*shown_args(f"{PROGRAM} batch cancel --output out.jsonl")))
-    ok(job.run(*shown_args(f"{PROGRAM} --resume")))
+    assert [b.status for b in fake_openai.batches.batches] == ["cancelling"]
     assert fake_openai.total_requests == 0, "batch mode sends no online request"
+    ok(job.run(*shown_args(f"{PROGRAM} --resume --finish-online")))
+    assert [b.status for b in fake_openai.batches.batches] == ["cancelled"]
+    assert fake_openai.total_requests == 2, "the 2 the batch did not answer went online"
+    ok(job.run(*shown_args(f"{PROGRAM} --resume")))
+    assert job.database is not None
+    assert len(assert_mirror(job.out, job.database)) == 4
+    assert len(fake_openai.batches.batches) == 1 and fake_openai.total_requests == 2

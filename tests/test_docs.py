@@ -1,33 +1,49 @@
-"""The documentation covers what the code accepts (pure: no database, no server).
+"""The documentation covers what the code accepts, and what it shows works.
 
 In the spirit of simonw/sqlite-utils' ``tests/test_docs.py``: every option of every command
-appears in that command's ``--help`` and in ``README.md``; every environment variable the
-configuration reads appears in ``.env.example``; every exit code of ``exit_codes.py`` appears,
-with its number, in ``--help``'s "exit codes:" epilog and in the README's exit-code table.
-Each check is a function returning the problems it found, so the tests at the end can show
-that each one fails on an undocumented option, variable or code.
+appears in that command's ``--help`` and in ``README.md``; the README's configuration table
+gives each option of a run the environment variable and default the configuration really
+has; every environment variable the configuration reads appears in ``.env.example``; every
+exit code of ``exit_codes.py`` appears, with its number, in ``--help``'s "exit codes:" epilog
+and in the README's exit-code table; every ``artist-bio-gen`` command shown in README.md,
+AGENTS.md, docs/*.md and the ``--help`` examples parses with the parser ``main`` gives it, and
+every ``make`` target shown exists. Each check is a function returning the problems it found,
+so a test beside it can show that it fails on an undocumented option, a wrong default, a
+misspelt flag. These checks are pure; at the end, a representative few of the shown commands
+run for real, in process, against the fake OpenAI server and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
 import inspect
+import io
+import json
 import pkgutil
 import re
+import shlex
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 import artist_bio_gen.cli
-from artist_bio_gen import config, exit_codes
+from artist_bio_gen import config, exit_codes, parse_input_file
 from artist_bio_gen.cli import batch as cli_batch
 from artist_bio_gen.cli import status as cli_status
 from artist_bio_gen.cli import verify as cli_verify
 from artist_bio_gen.errors import UsageError
 from artist_bio_gen.failure_codes import FAILURE_CODES
+from artist_bio_gen.models import ArtistData
+
+from .support.checks import assert_mirror
+from .support.cli import CliResult, MakeJob, run_in_process
+from .support.database import TestDatabase
+from .support.fake_openai import FakeOpenAI
 
 # The module, not the function ``artist_bio_gen.cli.main`` that the package re-exports.
 cli_main = importlib.import_module("artist_bio_gen.cli.main")
@@ -412,16 +428,17 @@ def named_tests(text: str) -> Iterator[tuple[str, str | None]]:
             yield current, match[3]
 
 
-def test_every_test_the_architecture_doc_names_exists() -> None:
+@pytest.mark.parametrize("doc", ["docs/ARCHITECTURE.md", "docs/MIGRATING.md", "README.md"])
+def test_every_test_a_doc_names_exists(doc: str) -> None:
     problems = []
-    for name, function in named_tests(ARCHITECTURE):
+    for name, function in named_tests((ROOT / doc).read_text(encoding="utf-8")):
         path = ROOT / "tests" / name
         if not path.exists():
             problems.append(f"tests/{name} does not exist")
             continue
         if function and function not in _test_functions(path):
             problems.append(f"tests/{name} has no function {function}")
-    assert not problems, "docs/ARCHITECTURE.md is out of date:\n  " + "\n  ".join(problems)
+    assert not problems, f"{doc} is out of date:\n  " + "\n  ".join(problems)
 
 
 def test_a_renamed_test_is_caught() -> None:
@@ -477,3 +494,511 @@ def test_nothing_refers_to_documents_outside_the_repository(where: str) -> None:
         "say what is meant in words (e.g. 'committed only: a line only after its commit') "
         "or point at a file of the repository:\n  " + "\n  ".join(found)
     )
+
+
+# --- the README's configuration table ------------------------------------------------------
+
+
+class TableRow:
+    """One row of the README's ``| option | env var | default | meaning |`` table."""
+
+    def __init__(self, options: list[str], env: str | None, default: str):
+        self.options = options
+        self.env = env
+        self.default = default
+
+    def __repr__(self) -> str:
+        return f"TableRow({self.options}, {self.env}, {self.default!r})"
+
+
+def config_table(readme: str) -> list[TableRow]:
+    """The rows of the table whose header is ``| option | env var | default | meaning |``."""
+    table = readme.split("| option | env var | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for line in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        options = re.findall(r"`(--[\w-]+)`", cells[0])
+        env = None if cells[1] == "-" else cells[1].strip("`")
+        rows.append(TableRow(options, env, cells[2]))
+    return rows
+
+
+#: Defaults that are not one value of the option: the exact words the table uses for each,
+#: and the check that shows the configuration really behaves so.
+DESCRIBED_DEFAULTS = {
+    "--input": "- (required; on `--resume`, the job's)",
+    "--instructions-file": "the built-in instructions",
+    "--db-pool-size": "min(workers, 10)",
+    "--transaction-log": "`<stem>.transactions.jsonl`",
+    "--service-tier": "- (the account's)",
+}
+
+#: What each option needs beside it to be valid (given on both sides of a comparison).
+COMPANIONS = {
+    "--price-input": ["--price-output", "1"],
+    "--price-output": ["--price-input", "1"],
+    "--batch-wait": ["--mode", "batch"],
+}
+
+#: Options that cannot be left out when their companion is given: the value the baseline
+#: of a comparison gives them instead.
+REFERENCE_VALUES = {"--price-input": "3", "--price-output": "3"}
+
+BASE_ENV = {
+    "OPENAI_API_KEY": "sk-doc-base-key",
+    "DATABASE_URL": "postgresql://u:p@localhost:5432/music",
+}
+
+
+def _resolve(
+    args: list[str], env: Mapping[str, str] | None = None, testing: str = ""
+) -> config.Config:
+    """The configuration of ``args`` plus an input and a model (a stored prompt when the
+    option ``testing`` is ``--model``), over a key and a database URL in the environment."""
+    prompt = ["--prompt-id", "pmpt_base"] if testing == "--model" else ["--model", "base-model"]
+    base = ["--input", "x.csv", *prompt]
+    parsed = cli_main.create_argument_parser().parse_args([*base, *args])
+    return config.resolve_config(parsed, {**BASE_ENV, **(env or {})})
+
+
+def _sample(action: argparse.Action, default: object) -> str:
+    """A valid value of ``action`` other than its default."""
+    if action.choices:
+        return next(str(c) for c in action.choices if str(c) != str(default))
+    if action.type is int:
+        number = int(str(default)) if default is not None else 20
+        return str(number // 2 if number >= 2 else number + 1)
+    if action.type is float:
+        value = float(str(default)) if default is not None else 20.0
+        return str(value / 2 if value > 0 else 1.0)
+    if action.type is not None:  # --quota-monitoring: true or false
+        return "false" if str(default) == "true" else "true"
+    if "url" in action.dest:
+        return "postgresql://u:p@elsewhere:5432/other"
+    return f"doc-{action.dest}"
+
+
+def _literal_default(row: TableRow) -> str | None:
+    match = re.fullmatch(r"`([^`]+)`", row.default)
+    return match[1] if match else None
+
+
+def config_table_problems(rows: list[TableRow]) -> list[str]:
+    """Options missing from the table or unknown to the parser, and env vars and defaults
+    the configuration does not really have."""
+    parser = cli_main.create_argument_parser()
+    actions = {s: a for a in parser._actions for s in a.option_strings}
+    listed = [option for row in rows for option in row.options]
+    problems = [
+        f"{option} is missing from the README's configuration table"
+        for option in option_strings(parser)
+        if option not in listed
+    ]
+    problems += [f"the configuration table lists {o}, which the parser lacks" for o in listed
+                 if o not in actions]  # fmt: skip
+    for row in rows:
+        if row.options and all(o in actions for o in row.options):
+            problems += _row_problems(row, actions[row.options[0]])
+    return problems
+
+
+def _row_problems(row: TableRow, action: argparse.Action) -> list[str]:
+    option = row.options[0]
+    if {s for s in action.option_strings} != set(row.options):
+        return [f"{option}: the row names {row.options}, the parser {action.option_strings}"]
+    if isinstance(action, argparse._StoreTrueAction):
+        ok = row.default == "off" and row.env is None
+        return [] if ok else [f"{option} is a switch: its row should say '-' and 'off'"]
+    problems = []
+    if option in DESCRIBED_DEFAULTS:
+        if row.default != DESCRIBED_DEFAULTS[option]:
+            problems.append(f"{option}: default {row.default!r}, expected the described one")
+    elif row.default.startswith("-"):
+        if row.default != "-":
+            problems.append(f"{option}: default {row.default!r} is neither '-' nor a value")
+    elif _literal_default(row) is None:
+        problems.append(f"{option}: default {row.default!r} is not one `value`")
+    return problems + _behaviour_problems(row, action)
+
+
+def _behaviour_problems(row: TableRow, action: argparse.Action) -> list[str]:
+    """The configuration resolved with the documented env var and default behaves so."""
+    option = row.options[0]
+    if option in ("--input", "--instructions-file", "--transaction-log"):
+        return []  # no variable; their defaults are checked in test_described_defaults_hold
+    companions = COMPANIONS.get(option, [])
+    default = _literal_default(row)
+    value = _sample(action, default)
+    reference = [option, REFERENCE_VALUES[option]] if option in REFERENCE_VALUES else []
+    baseline = _resolve([*companions, *reference], testing=option)
+    given = _resolve([*companions, option, value], testing=option)
+    problems = []
+    if given == baseline:
+        problems.append(f"{option} {value} changes nothing in the configuration")
+    if default is not None and _resolve([*companions, option, default], testing=option) != baseline:
+        problems.append(f"{option}: the documented default {default} is not the real one")
+    if row.env is not None and _resolve(companions, {row.env: value}, option) != given:
+        problems.append(f"{option}: {row.env}={value} does not act like {option} {value}")
+    return problems
+
+
+def test_the_configuration_table_matches_the_parser_and_the_configuration(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    rows = config_table(README)
+    assert len(rows) > 40, "the configuration table was not found"
+    problems = config_table_problems(rows)
+    # Every variable the configuration reads is some option's, and in the table.
+    in_table = {row.env for row in rows if row.env}
+    problems += [
+        f"{name} is read by the configuration but missing from the configuration table"
+        for name in sorted(variables_read(monkeypatch, tmp_path) - in_table)
+    ]
+    assert not problems, "README configuration table:\n  " + "\n  ".join(problems)
+
+
+def test_described_defaults_hold(tmp_path: Path) -> None:
+    """The defaults the table describes in words rather than as one value."""
+    assert _resolve(["--max-workers", "3"]).db.pool_size == 3  # type: ignore[union-attr]
+    assert _resolve(["--max-workers", "20"]).db.pool_size == 10  # type: ignore[union-attr]
+    assert _resolve([]).service_tier is None  # not sent: the account's default applies
+    from artist_bio_gen.api.request import DEFAULT_INSTRUCTIONS
+    from artist_bio_gen.jobfiles import JobPaths
+
+    assert _resolve([]).prompt.instructions == DEFAULT_INSTRUCTIONS
+    assert JobPaths(Path("bios.jsonl")).transaction_log == Path("bios.transactions.jsonl")
+    with pytest.raises(UsageError, match="No input file given"):
+        config.resolve_config(
+            cli_main.create_argument_parser().parse_args(["--model", "m"]), BASE_ENV
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("| `--max-workers` | `MAX_WORKERS` | `4` |", "| `--max-workers` | `MAX_WORKERS` | `8` |"),
+         "--max-workers: the documented default 8 is not the real one"),
+        (("| `--max-workers` | `MAX_WORKERS` |", "| `--max-workers` | `OPENAI_RPM` |"),
+         "--max-workers: OPENAI_RPM=2 does not act like --max-workers 2"),
+        (("| `--limit` | - | - |", "| `--limitt` | - | - |"),
+         "--limit is missing from the README's configuration table"),
+        (("| `--no-db` | - | off |", "| `--no-db` | - | on |"),
+         "--no-db is a switch: its row should say '-' and 'off'"),
+    ],
+)  # fmt: skip
+def test_a_stale_configuration_table_is_caught(change: tuple[str, str], expected: str) -> None:
+    old, new = change
+    assert old in README
+    assert expected in config_table_problems(config_table(README.replace(old, new)))
+
+
+# --- every command the docs show -----------------------------------------------------------
+
+#: The documents whose commands must work, and the languages of their fenced blocks that hold
+#: shell lines (a bare fence too: the README's diagrams hold no command line).
+DOCS = ["README.md", "AGENTS.md", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("docs/*.md"))]
+SHELL_LANGUAGES = {"", "sh", "bash", "shell", "console", "cron"}
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+#: Tokens that end a command on a shell line (what follows is another command or a redirect).
+SHELL_OPERATORS = {"&&", "||", "|", ";", "&", ">", ">>", "<", "2>&1", "2>", "2>>"}
+
+
+class ShownCommand:
+    """One ``artist-bio-gen ...`` command line as a document shows it."""
+
+    def __init__(self, where: str, args: list[str]):
+        self.where = where
+        self.args = args
+
+    @property
+    def text(self) -> str:
+        return " ".join([PROGRAM, *self.args])
+
+    def __repr__(self) -> str:
+        return f"{self.where}: {self.text}"
+
+
+def _program_end(tokens: list[str]) -> int | None:
+    """Index after the program in ``tokens`` (``artist-bio-gen`` at any path, or
+    ``python -m artist_bio_gen``); None when the line runs no command of ours."""
+    for index, token in enumerate(tokens):
+        if token.rsplit("/", 1)[-1] == PROGRAM:
+            return index + 1
+        if tokens[index : index + 2] == ["-m", "artist_bio_gen"]:
+            return index + 2
+    return None
+
+
+def _command_in(line: str, where: str) -> ShownCommand | None:
+    line = line.strip().removeprefix("$ ")
+    try:
+        tokens = shlex.split(line, comments=True)
+    except ValueError:
+        return None
+    start = _program_end(tokens)
+    if start is None:
+        return None
+    args: list[str] = []
+    for token in tokens[start:]:
+        if token in SHELL_OPERATORS or token.startswith((">", "2>")):
+            break
+        args.append(token)
+    return ShownCommand(where, args)
+
+
+def shown_commands(text: str, name: str) -> list[ShownCommand]:
+    """Every command line of ours in ``text``: in its shell code blocks (continuation lines
+    joined) and in its inline code spans."""
+    found = []
+    for match in FENCE.finditer(text):
+        if match[1] not in SHELL_LANGUAGES:
+            continue
+        first = text.count("\n", 0, match.start()) + 2
+        body = match[2].replace("\\\n", " ")
+        for offset, line in enumerate(body.splitlines()):
+            command = _command_in(line, f"{name}:{first + offset}")
+            if command is not None:
+                found.append(command)
+    prose = FENCE.sub(lambda m: "\n" * m[0].count("\n"), text)
+    for match in re.finditer(r"`([^`\n]+)`", prose):
+        span = match[1]
+        if span.startswith((f"{PROGRAM} ", "python -m artist_bio_gen ")):
+            where = f"{name}:{prose.count(chr(10), 0, match.start()) + 1}"
+            command = _command_in(span, where)
+            if command is not None:
+                found.append(command)
+    return found
+
+
+def all_shown_commands() -> list[ShownCommand]:
+    """The commands of every document, and the examples of every command's ``--help``."""
+    found = []
+    for name in DOCS:
+        found += shown_commands((ROOT / name).read_text(encoding="utf-8"), name)
+    for command, factory in sorted(FACTORIES.items()):
+        epilog = factory().epilog or ""
+        for shown in shown_commands(f"```sh\n{epilog}\n```\n", "help"):
+            line = int(shown.where.split(":")[1]) - 1  # the fence line added above
+            found.append(ShownCommand(f"`{command} --help`, epilog line {line}", shown.args))
+    return found
+
+
+def _parser_for(args: list[str]) -> tuple[argparse.ArgumentParser, list[str]] | str:
+    """The parser ``main`` sends ``args`` to and the arguments it gets, or a problem."""
+    best = PROGRAM
+    for command in FACTORIES:
+        words = command.split()[1:]
+        if words and args[: len(words)] == words and len(command) > len(best):
+            best = command
+    rest = args[len(best.split()) - 1 :]
+    if rest and not rest[0].startswith("-") and best == PROGRAM:
+        return (
+            f"unknown subcommand `{PROGRAM} {rest[0]}`: no parser in artist_bio_gen/cli has that "
+            f"prog (known: {', '.join(sorted(FACTORIES))})"
+        )
+    return FACTORIES[best](), rest
+
+
+def command_problems(command: ShownCommand) -> list[str]:
+    """Why ``command`` would not parse as shown: an unknown subcommand, an option the parser
+    lacks (or abbreviates: argparse would accept ``--max-work``), a bad value."""
+    found = _parser_for(command.args)
+    if isinstance(found, str):
+        return [f"{command!r}: {found}"]
+    parser, rest = found
+    known = set(option_strings(parser)) | {"-h", "--help"}
+    problems = [
+        f"{command!r}: {token.split('=', 1)[0]} is not an option of `{parser.prog}`"
+        for token in rest
+        if token.startswith("--") and token.split("=", 1)[0] not in known
+    ]
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+        try:
+            parser.parse_args(rest)
+        except SystemExit as exited:
+            if exited.code != 0:  # 0: --help
+                last = stderr.getvalue().strip().splitlines()[-1:]
+                problems.append(f"{command!r}: {' '.join(last)}")
+    return problems
+
+
+def test_every_command_the_docs_show_parses() -> None:
+    commands = all_shown_commands()
+    wheres = {c.where.split(":")[0].split(",")[0] for c in commands}
+    assert {"README.md", "docs/MIGRATING.md", f"`{PROGRAM} --help`"} <= wheres
+    problems = [problem for command in commands for problem in command_problems(command)]
+    assert not problems, "commands in the docs that do not parse:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("artist-bio-gen --inptu artists.csv --model m",
+         "--inptu is not an option of `artist-bio-gen`"),
+        ("artist-bio-gen --input a.csv --max-worker 8",
+         "--max-worker is not an option of `artist-bio-gen`"),
+        ("artist-bio-gen --input a.csv --max-workers many",
+         "argument --max-workers: invalid int value: 'many'"),
+        ("artist-bio-gen verify --output o.jsonl --repiar",
+         "--repiar is not an option of `artist-bio-gen verify`"),
+        ("artist-bio-gen frobnicate --output o.jsonl",
+         "unknown subcommand `artist-bio-gen frobnicate`"),
+    ],
+)  # fmt: skip
+def test_a_command_that_does_not_parse_is_caught(line: str, expected: str) -> None:
+    (command,) = shown_commands(f"```sh\n{line}  # a comment\n```\n", "doc")
+    problems = command_problems(command)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_commands_are_found_in_blocks_spans_and_cron_lines() -> None:
+    text = (
+        "Run `artist-bio-gen --resume --retry-failed` again.\n\n"
+        "```cron\n0 * * * * cd /srv && /srv/.venv/bin/artist-bio-gen --resume --output "
+        "/srv/out.jsonl >> /var/log/x.log 2>&1\n```\n\n"
+        "```sh\npython -m artist_bio_gen verify \\\n  --output out.jsonl\n```\n"
+        '```json\n{"artist-bio-gen": 1}\n```\n'
+    )
+    assert [(c.where, c.args) for c in shown_commands(text, "doc")] == [
+        ("doc:4", ["--resume", "--output", "/srv/out.jsonl"]),
+        ("doc:8", ["verify", "--output", "out.jsonl"]),
+        ("doc:1", ["--resume", "--retry-failed"]),
+    ]
+
+
+def make_targets(text: str) -> set[str]:
+    """The targets of every ``make X`` in the code of ``text``: its shell code blocks and its
+    inline code spans (prose such as "make a run safe" is not a command)."""
+    code = [m[2] for m in FENCE.finditer(text) if m[1] in SHELL_LANGUAGES]
+    prose = FENCE.sub("", text)
+    code += re.findall(r"`([^`\n]+)`", prose)
+    pattern = re.compile(r"(?:^|[\s;&|])make ([a-z][\w-]*)", re.MULTILINE)
+    return {target for piece in code for target in pattern.findall(piece)}
+
+
+def test_every_make_target_the_docs_show_exists() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    defined = set(re.findall(r"^([\w.-]+):", makefile, re.MULTILINE))
+    shown = {
+        (name, target)
+        for name in DOCS
+        for target in make_targets((ROOT / name).read_text(encoding="utf-8"))
+    }
+    assert {target for _, target in shown} >= {"install", "test", "lint", "bench"}
+    missing = sorted(f"{name}: make {target}" for name, target in shown if target not in defined)
+    assert not missing, f"make targets the docs show but the Makefile lacks: {missing}"
+    assert make_targets("`PYTEST_ARGS='-m x' make test`; to make a run, `make demo`") == {
+        "test",
+        "demo",
+    }
+
+
+# --- and a representative few of them, run -------------------------------------------------
+# In the test process, against the fake OpenAI server and a real PostgreSQL database, in the
+# test's directory (the working directory, where make_job writes artists.csv).
+
+
+def shown_args(text: str) -> list[str]:
+    """The arguments of the command a document shows as exactly ``text``."""
+    for command in all_shown_commands():
+        if command.text == text:
+            return command.args
+    raise AssertionError(f"no document shows `{text}` any more; update this test")
+
+
+def ok(result: CliResult) -> CliResult:
+    assert result.code == exit_codes.EXIT_SUCCESS, result.stderr
+    return result
+
+
+def test_the_quick_start_dry_run_runs(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    args = shown_args(
+        f"{PROGRAM} --input examples/artists.csv --model gpt-4.1-mini --no-db --dry-run"
+    )
+    result = ok(run_in_process(args))
+    example_ids = {
+        a.artist_id for a in parse_input_file(tmp_path / "examples" / "artists.csv").artists
+    }
+    shown = [json.loads(line)["artist_id"] for line in result.stdout.splitlines() if line]
+    assert shown and set(shown) <= example_ids
+    assert f"dry run: {len(example_ids)} artists would be processed" in result.stderr
+    # The --help example of the same, on the example input under the name it uses.
+    shutil.copy(tmp_path / "examples" / "artists.csv", tmp_path / "artists.csv")
+    dry = shown_args(f"{PROGRAM} --input artists.csv --model gpt-4.1-mini --dry-run")
+    assert ok(run_in_process(dry)).stdout == result.stdout
+
+
+def test_the_readme_job_commands_run(
+    make_job: MakeJob, fake_openai: FakeOpenAI, database: TestDatabase
+) -> None:
+    """Start a job, verify it, and the cron and retry commands that continue it."""
+    job = make_job(6, seed=1101)
+    ok(job.run(*shown_args(f"{PROGRAM} --input artists.csv --prompt-id pmpt_123 --max-workers 16")))
+    assert len(assert_mirror(job.out, database)) == 6
+    assert fake_openai.total_requests == 6
+    for verify in ("verify --output out.jsonl", "verify --output out.jsonl --repair"):
+        assert "out.jsonl" in ok(job.run(*shown_args(f"{PROGRAM} {verify}"))).stdout
+    cron = shown_args(f"{PROGRAM} --resume --output /srv/bios/out.jsonl")
+    ok(job.run(*[arg.replace("/srv/bios/", "") for arg in cron]))
+    ok(job.run(*shown_args(f"{PROGRAM} --resume --retry-failed")))
+    ok(job.run(*shown_args(f"{PROGRAM} --resume")))
+    nightly = f"{PROGRAM} --resume --daily-limit 5000 --max-cost 20 --service-tier flex"
+    ok(job.run(*shown_args(nightly), env={"OPENAI_PRICE_INPUT": "1", "OPENAI_PRICE_OUTPUT": "2"}))
+    assert fake_openai.total_requests == 6, "the job was done: no command paid again"
+    # The model example of --help, with its own output, and the verify example of --help.
+    model_job = f"{PROGRAM} --input artists.csv --model gpt-4.1-mini --output bios.jsonl"
+    ok(job.run(*shown_args(model_job)))
+    ok(job.run(*shown_args(f"{PROGRAM} verify --output bios.jsonl --repair")))
+    assert fake_openai.total_requests == 12
+
+
+def test_the_migration_guide_takeover_commands_run(
+    make_job: MakeJob, fake_openai: FakeOpenAI, database: TestDatabase
+) -> None:
+    """docs/MIGRATING.md's takeover of a 1.x output (a failed line, a torn tail), then its
+    verify and resume commands."""
+    job = make_job(5, seed=1102)
+    good, failed, torn = job.artists[:2], job.artists[2], job.artists[3]
+
+    def legacy_line(artist: ArtistData, **fields: object) -> str:
+        record = {"artist_id": artist.artist_id, "artist_name": artist.name}
+        record.update(response_text="Old bio.", db_status="updated", error=None)
+        record.update(fields)
+        return json.dumps(record, ensure_ascii=False) + "\n"
+
+    whole = "".join([*map(legacy_line, good), legacy_line(failed, error="APIError: boom")])
+    job.out.write_text(whole + legacy_line(torn)[:40], encoding="utf-8")
+    env = {"OPENAI_PROMPT_ID": "pmpt_123"}
+
+    takeover = shown_args(f"{PROGRAM} --resume --input artists.csv --output out.jsonl")
+    ok(job.run(*takeover, env=env))
+    assert job.out.read_text(encoding="utf-8").startswith(whole)
+    assert {a.name: fake_openai.calls(a.name) for a in job.artists} == {
+        a.name: 0 if a in good else 1 for a in job.artists
+    }
+    ok(job.run(*shown_args(f"{PROGRAM} verify --output out.jsonl")))
+    ok(job.run(*shown_args(f"{PROGRAM} --resume")))
+    assert fake_openai.total_requests == 3
+
+
+def test_the_batch_commands_run(make_job: MakeJob, fake_openai: FakeOpenAI) -> None:
+    """Submit; cancel the batch while it runs (it answered 2 of 4 first); finish online."""
+    job = make_job(4, seed=1103)
+    fake_openai.batches.script(polls=10, answered=2)
+    submit = f"{PROGRAM} --mode batch --input artists.csv --prompt-id pmpt_123 --model gpt-4.1-mini"
+    submitted = ok(job.run(*shown_args(submit)))
+    # how to collect is part of the summary (stdout), not of the log
+    assert f"{PROGRAM} --resume" in submitted.stdout
+    assert len(fake_openai.batches.batches) == 1
+    ok(job.run(*shown_args(f"{PROGRAM} batch cancel --output out.jsonl")))
+    assert [b.status for b in fake_openai.batches.batches] == ["cancelling"]
+    assert fake_openai.total_requests == 0, "batch mode sends no online request"
+    ok(job.run(*shown_args(f"{PROGRAM} --resume --finish-online")))
+    assert [b.status for b in fake_openai.batches.batches] == ["cancelled"]
+    assert fake_openai.total_requests == 2, "the 2 the batch did not answer went online"
+    ok(job.run(*shown_args(f"{PROGRAM} --resume")))
+    assert job.database is not None
+    assert len(assert_mirror(job.out, job.database)) == 4
+    assert len(fake_openai.batches.batches) == 1 and fake_openai.total_requests == 2

@@ -10,6 +10,7 @@ output file with ``--resume``.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import subprocess
@@ -98,6 +99,77 @@ def test_every_legacy_name_is_importable_from_its_path(module: str, name: str) -
     home = getattr(importlib.import_module("artist_bio_gen"), name, None)
     if home is not None:
         assert value is home  # one object, whichever path a script uses
+
+
+# The documented legacy signatures: (parameter name, default or REQUIRED) in order. A script
+# may pass any of these by position or by keyword, so names, order and defaults are the
+# contract; type hints may be wider than the legacy ones.
+REQUIRED = inspect.Parameter.empty
+LEGACY_SIGNATURES: dict[str, list[tuple[str, object]]] = {
+    "ArtistData": [("artist_id", REQUIRED), ("name", REQUIRED), ("data", None)],
+    "ParseResult": [("artists", REQUIRED), ("skipped_lines", REQUIRED), ("error_lines", REQUIRED)],
+    "ApiResponse": [
+        ("artist_id", REQUIRED),
+        ("artist_name", REQUIRED),
+        ("artist_data", REQUIRED),
+        ("response_text", REQUIRED),
+        ("response_id", REQUIRED),
+        ("created", REQUIRED),
+        ("db_status", None),
+        ("error", None),
+    ],
+    "DatabaseResult": [("success", REQUIRED), ("rows_affected", REQUIRED), ("error", None)],
+    "parse_input_file": [("file_path", REQUIRED), ("skip_processed_ids", None)],
+    "write_jsonl_output": [
+        ("responses", REQUIRED),
+        ("output_path", REQUIRED),
+        ("prompt_id", REQUIRED),
+        ("version", None),
+    ],
+    "append_jsonl_response": [
+        ("response", REQUIRED),
+        ("output_path", REQUIRED),
+        ("prompt_id", REQUIRED),
+        ("version", None),
+        ("create_if_missing", True),
+    ],
+    "initialize_jsonl_output": [("output_path", REQUIRED), ("overwrite_existing", False)],
+    "get_processed_artist_ids": [("output_path", REQUIRED)],
+    "strip_trailing_citations": [("text", REQUIRED)],
+    "validate_database_url": [("url", REQUIRED)],
+    "main": [("argv", None)],
+    "create_argument_parser": [],
+}
+
+
+def _legacy_object(name: str) -> object:
+    for module, names in LEGACY_NAMES.items():
+        if name in names:
+            return getattr(importlib.import_module(module), name)
+    raise AssertionError(f"{name} is in no legacy path")
+
+
+@pytest.mark.parametrize("name", sorted(LEGACY_SIGNATURES))
+def test_legacy_signatures_keep_their_names_order_and_defaults(name: str) -> None:
+    parameters = inspect.signature(_legacy_object(name)).parameters.values()
+    positional = [
+        (p.name, p.default)
+        for p in parameters
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    assert positional == LEGACY_SIGNATURES[name]
+    # Anything added since must be optional (keyword-only or with a default).
+    assert all(p.default is not REQUIRED for p in parameters if p.kind is p.KEYWORD_ONLY)
+
+
+def test_the_named_tuples_are_immutable_tuples() -> None:
+    from artist_bio_gen import ArtistData, DatabaseResult
+
+    artist = ArtistData(ARTIST_1, "Björk")
+    assert isinstance(artist, tuple) and tuple(artist) == (ARTIST_1, "Björk", None)
+    with pytest.raises(AttributeError):
+        artist.name = "x"  # type: ignore[misc]
+    assert DatabaseResult(True, 1) == (True, 1, None)
 
 
 def test_the_exit_codes_keep_their_values() -> None:

@@ -542,3 +542,21 @@ def test_the_readme_admin_sql_upgrades_tables_an_earlier_version_made(
         pool.close()
     assert _recorded_names(database) == LEDGER_MIGRATIONS.names()
     assert database.ledger() == [_with_m002_columns(row) for row in before]
+
+
+def test_the_readme_user_table_is_the_one_the_suite_runs_against(database: TestDatabase) -> None:
+    """The README's ``CREATE TABLE artists`` builds, column for column and constraint for
+    constraint, the table every test of the suite writes bios to (``USER_TABLES``)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```sql\n(.*?)```", readme, re.S)
+    (block,) = [b for b in blocks if "CREATE TABLE artists" in b]
+    with database.connect() as conn:
+        conn.execute("CREATE SCHEMA documented")
+        conn.execute("SET search_path TO documented")
+        conn.execute(block)
+        conn.execute("SET search_path TO public")
+        assert _columns(conn, "documented.artists") == _columns(conn, "public.artists")
+        assert _constraints(conn, "documented.artists") == _constraints(conn, "public.artists")
+        assert [name for name, _, _ in _columns(conn, "public.artists")] == [
+            "id", "name", "bio", "created_at", "updated_at"
+        ]  # fmt: skip

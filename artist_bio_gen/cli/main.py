@@ -231,7 +231,8 @@ def _add_api_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-retries",
         type=int,
         metavar="N",
-        help="SDK retries per request on 429/5xx/timeouts (env OPENAI_MAX_RETRIES; default 3)",
+        help="retries of a timeout, dropped connection or 5xx; a 429 slows the whole run "
+        "instead (env OPENAI_MAX_RETRIES; default 3)",
     )
 
 

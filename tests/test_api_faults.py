@@ -6,6 +6,7 @@ The CLI runs in-process (``main(argv)``).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from artist_bio_gen import exit_codes
@@ -77,7 +78,8 @@ def test_one_bad_artist_does_not_stop_the_others(
     assert failures[artists[7].artist_id]["code"] == "bad_request"
     assert failures[artists[12].artist_id]["code"] == "empty_response"
     assert all(f["attempt"] == 1 and f["reason"] for f in failures.values())
-    assert "failed            2" in result.stderr
+    # The summary is a table on stdout (cli/summary.py): the label, then the count.
+    assert re.search(r"^\s+failed\s+2\s", result.stdout, re.MULTILINE), result.stdout
 
 
 def test_rate_limit_with_retry_after_is_retried(

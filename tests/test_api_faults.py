@@ -78,8 +78,8 @@ def test_one_bad_artist_does_not_stop_the_others(
     assert failures[artists[7].artist_id]["code"] == "bad_request"
     assert failures[artists[12].artist_id]["code"] == "empty_response"
     assert all(f["attempt"] == 1 and f["reason"] for f in failures.values())
-    # the summary (stdout) counts both
-    assert re.search(r"^  failed +2 ", result.stdout, re.M), result.stdout
+    # The summary is a table on stdout (cli/summary.py): the label, then the count.
+    assert re.search(r"^\s+failed\s+2\s", result.stdout, re.MULTILINE), result.stdout
 
 
 def test_rate_limit_with_retry_after_is_retried(

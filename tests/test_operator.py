@@ -7,9 +7,17 @@ The runs are in-process (``make_job(...).run``) except where a process is the po
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
 import re
 import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,8 +26,9 @@ from typing import Any
 import pytest
 
 from artist_bio_gen import exit_codes
+from artist_bio_gen.core.reader import count_lines
 
-from .support.cli import CliResult, Job, MakeJob, summary_table
+from .support.cli import CliResult, Job, MakeJob, cli_env, summary_table
 from .support.fake_openai import INPUT_TOKENS, bio_for, tokens_for
 
 MODEL = ("--model", "gpt-4.1-mini")
@@ -523,3 +532,153 @@ def test_metrics_file_of_a_known_run_then_failing_runs_keep_the_last_success(
     assert metrics["run_end_timestamp_seconds"] > success
     assert metrics["artists_remaining"] == 0, "carried over: the refused run read no input"
     assert (metrics["artists_committed"], metrics["requests"], metrics["running"]) == (0, 0, 0)
+
+
+# -- progress -------------------------------------------------------------------------------------
+
+PROGRESS = re.compile(
+    r"progress: (\d+)/(\d+) artists \([\d.]+%\): committed (\d+), skipped (\d+), failed (\d+), "
+    r"given up (\d+), in flight (\d+), already done (\d+); [\d.]+ artists/s, ETA (\S+); "
+    r"(\d+) requests, \$[\d.]+ spent"
+)
+
+
+class FileWatcher:
+    """Reads a file every 20 ms in a thread of its own, keeping every distinct content."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seen: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> FileWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                continue
+            if not self.seen or self.seen[-1] != text:
+                self.seen.append(text)
+
+
+@pytest.mark.timeout(120)
+def test_progress_lines_off_a_terminal_come_at_the_interval_with_exact_counts(
+    make_job: MakeJob,
+) -> None:
+    """A resumed run (3 done, 1 to give up) in which one artist fails and the last two take
+    2 s: while they hang, the lines (every 0.2 s) and the metrics file show the exact state:
+    7 of 9 settled, 5 committed, 1 failed, 1 given up, 2 in flight, 3 already done."""
+    job = make_job(12, seed=1130)
+    job.fake.add_rule("bad_request", name=job.artists[0].name)
+    args = ("--max-attempts", "1", "--max-workers", "4")
+    first = job.run(*job.input_args(*MODEL, *args, "--limit", "4", "--metrics-file", "live.prom"))
+    assert first.code == exit_codes.EXIT_LIMIT_REACHED, first.stderr
+    job.fake.add_rule("bad_request", name=job.artists[5].name)
+    for artist in job.artists[10:]:
+        job.fake.add_rule("hang", name=artist.name, delay=2.0)
+
+    interval = 0.2
+    with FileWatcher(job.dir / "live.prom") as watcher:
+        started = time.monotonic()
+        result = job.run(
+            "--resume", *args, "--progress-interval", str(interval), "--metrics-file", "live.prom"
+        )
+        elapsed = time.monotonic() - started
+
+    assert result.code == exit_codes.EXIT_API_FAILURES, result.stderr
+    lines = [m.groups() for m in PROGRESS.finditer(result.stderr)]
+    assert len(lines) == result.stderr.count("progress: "), "every progress line parses"
+    # The timer ticks once per interval at most; the 2 s hang alone spans about 10 intervals.
+    assert 5 <= len(lines) <= elapsed / interval + 1, (len(lines), elapsed)
+    counts = [tuple(int(x) for x in line[:8]) for line in lines]
+    for done, total, committed, skipped, failed, given_up, _, already in counts:
+        assert total == 9 and already == 3
+        assert done == committed + skipped + failed + given_up
+    assert counts == sorted(counts, key=lambda c: c[0]), "the counts only grow"
+    stalled = (7, 9, 5, 0, 1, 1, 2, 3)
+    assert counts.count(stalled) >= 3, result.stderr
+    stalled_lines = [line for line in lines if tuple(int(x) for x in line[:8]) == stalled]
+    assert all(line[8] != "unknown" and line[9] == "8" for line in stalled_lines)
+
+    snapshots = [metrics_of(job.dir / "live.prom")] + [
+        {
+            k.removeprefix("artist_bio_gen_"): v[(("job", "out"),)]
+            for k, v in check_metrics(t).items()
+        }
+        for t in watcher.seen
+    ]
+    running = [m for m in snapshots if m["running"] == 1]
+    assert any(
+        (m["artists_committed"], m["artists_failed"], m["artists_remaining"], m["requests"])
+        == (5, 1, 3, 8)
+        for m in running
+    ), running
+    # While it runs, the file keeps the last finished run's exit code (the first run's).
+    assert {m["exit_code"] for m in running} == {exit_codes.EXIT_LIMIT_REACHED}
+    final = snapshots[0]
+    assert (final["running"], final["artists_committed"], final["artists_remaining"]) == (0, 7, 1)
+
+
+def test_the_input_of_a_pipe_has_no_line_count(tmp_path: Path) -> None:
+    """A FIFO is not counted (reading it would consume it): the total is unknown."""
+    fifo = tmp_path / "artists.fifo"
+    os.mkfifo(fifo)
+    assert count_lines(fifo) is None
+    regular = tmp_path / "artists.csv"
+    regular.write_bytes(b"artist_id,artist_name\na,b\nc,d")  # the last line has no newline
+    assert count_lines(regular) == 3
+
+
+@pytest.mark.timeout(120)
+def test_the_bar_on_a_terminal_shows_a_total_and_an_eta(make_job: MakeJob) -> None:
+    """stderr is a pseudo-terminal: the bar counts up to the total with an ETA; stdout (a
+    pipe) holds the summary alone."""
+    job = make_job(20, seed=1131)
+    job.fake.latency = 0.15
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 160, 0, 0))
+    args = job.input_args(*MODEL, *PRICES, "--max-workers", "2")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artist_bio_gen", *args],
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    screen = _read_terminal(primary)
+    stdout = proc.communicate(timeout=60)[0].decode("utf-8")
+    assert proc.returncode == exit_codes.EXIT_SUCCESS, screen
+
+    frames = re.findall(r"artists:\s+\d+%\|[^|]*\| (\d+)/(\d+) \[(\d\d:\d\d)<([\d:?]+)", screen)
+    assert frames, screen
+    assert {total for _, total, _, _ in frames} == {"20"}
+    assert any(0 < int(n) < 20 and re.fullmatch(r"\d\d:\d\d", eta) for n, _, _, eta in frames)
+    assert frames[-1][0] == "20"
+    assert "ok 20, failed 0, in flight 0, $" in screen
+    assert list(summary_table(stdout, strict=True)) == SUMMARY_LABELS
+    assert summary_table(stdout)["committed"][0] == "20"
+
+
+def _read_terminal(fd: int) -> str:
+    """Everything written to the pseudo-terminal until the process closed it."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")

@@ -165,11 +165,16 @@ def _eta(view: RunView) -> str:
 
 
 def _postfix(view: RunView) -> str:
+    """After the bar's rate: the outcomes and the spend (what is 0 and rare left out, so the
+    bar keeps its width)."""
     tally = view.tally
-    return (
-        f"ok {tally.committed:,}, failed {tally.failed:,}, given up {view.given_up:,}, "
-        f"in flight {tally.in_flight:,}, ${view.requests.spent_usd:,.4f}"
-    )
+    parts = [f"ok {tally.committed:,}", f"failed {tally.failed:,}"]
+    if tally.skipped:
+        parts.append(f"skipped {tally.skipped:,}")
+    if view.given_up:
+        parts.append(f"given up {view.given_up:,}")
+    parts += [f"in flight {tally.in_flight:,}", f"${view.requests.spent_usd:,.4f}"]
+    return ", ".join(parts)
 
 
 class _LogStream:

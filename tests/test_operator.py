@@ -365,6 +365,40 @@ def test_summary_json_and_metrics_of_an_interrupted_run(make_job: MakeJob) -> No
     assert time.time() - datetime.fromisoformat(data["ended_at"]).timestamp() < 60
 
 
+@pytest.mark.timeout(120)
+def test_a_run_stopped_at_once_by_a_second_signal_still_writes_its_reports(
+    make_job: MakeJob,
+) -> None:
+    """The second SIGTERM ends the process at once: the JSON and the metrics are written from
+    the live counts first (the metrics must not say "running" for ever)."""
+    job = make_job(20, seed=1117)
+    job.fake.add_rule("ok", times=1)
+    job.fake.add_rule("hang", delay=3600)
+    proc = job.start_process(
+        *job.input_args(*MODEL, *PRICES, "--max-workers", "4", "--summary-json", "s.json"),
+        "--metrics-file",
+        "bios.prom",
+    )
+    try:
+        assert job.fake.wait_for_requests(5, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == exit_codes.EXIT_INTERRUPTED, stderr
+    data = summary_json(job.dir / "s.json")
+    assert data["error"] == "stopped at once by a second signal; run again with --resume"
+    assert (data["exit_code"], data["interrupted"]) == (exit_codes.EXIT_INTERRUPTED, True)
+    assert (data["committed"], data["requests"], data["remaining"]) == (1, 5, 19)
+    assert data["not_started"] == 8, "the window's artists: 4 at the API, 4 queued"
+    metrics = metrics_of(job.dir / "bios.prom")
+    assert (metrics["running"], metrics["exit_code"]) == (0, exit_codes.EXIT_INTERRUPTED)
+    assert (metrics["artists_committed"], metrics["artists_remaining"]) == (1, 19)
+
+
 # -- --metrics-file -------------------------------------------------------------------------------
 
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")

@@ -24,6 +24,7 @@ from ..api.request import SERVICE_TIERS
 from ..config import (
     DEFAULT_OUTPUT,
     MODES,
+    Config,
     load_environment,
     parse_bool,
     report_path,
@@ -32,6 +33,7 @@ from ..config import (
 from ..core.dryrun import dry_run
 from ..core.processor import OutcomeCallback, RunControl, Tally
 from ..core.runner import RunResult, run_job
+from ..core.view import RunView
 from ..errors import ArtistBioGenError, UsageError
 from ..models import Outcome
 from ..utils.logging import setup_logging
@@ -43,6 +45,7 @@ from .report import (
     job_name,
     report_of,
     report_of_error,
+    report_of_view,
     write_quietly,
     write_summary_json,
 )
@@ -535,14 +538,17 @@ def _run(args: argparse.Namespace) -> int:
         on_tick=None if metrics is None else metrics.running,
     )
     on_outcome = _with_bios(progress.on_outcome) if config.report.print_bios else None
+
+    def on_start(view: RunView) -> None:
+        # Registered now, after the runner's own hooks (the JSONL is frozen first).
+        control.on_emergency(lambda: _stopped_at_once(config, metrics, progress, view, started))
+        progress.start(view)
+
     try:
         with _SignalHandlers(control, config.shutdown_grace):
             try:
                 result = run_job(
-                    config,
-                    control,
-                    on_outcome=on_outcome or progress.on_outcome,
-                    on_start=progress.start,
+                    config, control, on_outcome=on_outcome or progress.on_outcome, on_start=on_start
                 )
             finally:
                 progress.close()
@@ -582,6 +588,21 @@ def _with_bios(on_outcome: OutcomeCallback) -> OutcomeCallback:
         on_outcome(outcome, tally)
 
     return show
+
+
+def _stopped_at_once(
+    config: Config,
+    metrics: MetricsFile | None,
+    progress: Progress,
+    view: RunView,
+    started: float,
+) -> None:
+    """A second signal ends the process now: the reports say so, from the live counts."""
+    progress.stop_ticking()
+    error = "stopped at once by a second signal; run again with --resume"
+    code = exit_codes.EXIT_INTERRUPTED
+    report = report_of_view(config, view, code, error, started, time.time())
+    _write_reports(config.report.summary_json, metrics, report)
 
 
 def _metrics_file(path: Path | None, output: Path, started: float) -> MetricsFile | None:

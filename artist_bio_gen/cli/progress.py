@@ -43,11 +43,12 @@ class Ticker:
         """Start ticking (the first tick comes one interval from now)."""
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop and wait for a tick under way to end (so nothing ticks after the summary)."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop and wait (up to ``timeout`` seconds) for a tick under way to end, so nothing
+        ticks after the summary."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -109,6 +110,12 @@ class Progress:
         if self._bar is not None:
             self._bar.update(view.handled - self._bar.n)
             self._bar.set_postfix_str(_postfix(view), refresh=False)
+
+    def stop_ticking(self) -> None:
+        """Stop the ticker, from a signal handler: the main thread may be stopped inside a
+        log call whose lock the ticker waits for, so the wait is bounded."""
+        if self._ticker is not None:
+            self._ticker.stop(timeout=2.0)
 
     def close(self) -> None:
         """Stop the ticker and remove the bar, so the summary starts on a clean line."""

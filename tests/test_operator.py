@@ -352,7 +352,7 @@ def test_summary_json_and_metrics_of_an_interrupted_run(make_job: MakeJob) -> No
             "run_end_timestamp_seconds": end,
             "running": 0,
             "exit_code": exit_codes.EXIT_INTERRUPTED,
-            "run_duration_seconds": data["elapsed_seconds"],
+            "run_duration_seconds": end - start,
             "artists_committed": 5,
             "artists_failed": 0,
             "artists_remaining": 15,
@@ -524,7 +524,7 @@ def test_metrics_file_of_a_known_run_then_failing_runs_keep_the_last_success(
             "run_end_timestamp_seconds": end,
             "running": 0,
             "exit_code": exit_codes.EXIT_LIMIT_REACHED,
-            "run_duration_seconds": metrics["run_duration_seconds"],
+            "run_duration_seconds": end - start,
             "artists_committed": 5,
             "artists_failed": 0,
             "artists_remaining": 1,
@@ -535,7 +535,6 @@ def test_metrics_file_of_a_known_run_then_failing_runs_keep_the_last_success(
         abs=1e-3,
     )
     assert "last_success_timestamp_seconds" not in metrics, "no run has succeeded yet"
-    assert 0 < metrics["run_duration_seconds"] <= end - start
     assert (job.dir / "bios.prom").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in job.dir.glob("bios.prom*")] == ["bios.prom"]
 

@@ -567,6 +567,31 @@ def test_metrics_file_of_a_known_run_then_failing_runs_keep_the_last_success(
     assert (metrics["artists_committed"], metrics["requests"], metrics["running"]) == (0, 0, 0)
 
 
+@pytest.mark.timeout(120)
+def test_a_run_refused_for_the_lock_leaves_the_running_runs_reports_alone(
+    make_job: MakeJob,
+) -> None:
+    """Cron starts the next run while the last one still works: the refused run (exit 75)
+    must not overwrite the metrics of the run that holds the job."""
+    job = make_job(10, seed=1125)
+    job.fake.hold()
+    args = ("--metrics-file", "bios.prom", "--summary-json", "s.json")
+    proc = job.start_process(*job.input_args(*MODEL, *args))
+    try:
+        assert job.fake.wait_for_requests(1, timeout=60)
+        before = (job.dir / "bios.prom").read_text(encoding="utf-8")
+        assert metrics_of(job.dir / "bios.prom")["running"] == 1
+        second = job.run("--resume", *args)
+        after = (job.dir / "bios.prom").read_text(encoding="utf-8")
+    finally:
+        job.fake.release()
+        proc.communicate(timeout=60)
+    assert second.code == exit_codes.EXIT_LOCKED, second.stderr
+    assert after == before
+    assert proc.returncode == exit_codes.EXIT_SUCCESS
+    assert summary_json(job.dir / "s.json")["exit_code"] == exit_codes.EXIT_SUCCESS
+
+
 # -- progress -------------------------------------------------------------------------------------
 
 PROGRESS = re.compile(

@@ -553,11 +553,14 @@ def _run(args: argparse.Namespace) -> int:
             finally:
                 progress.close()
     except Exception as exc:
-        error = str(exc) or type(exc).__name__
-        report = report_of_error(
-            config.output_path, config.mode, code_of(exc), error, started, time.time()
-        )
-        _write_reports(config.report.summary_json, metrics, report)
+        code = code_of(exc)
+        # Refused because another run holds the job: the reports are that run's to write.
+        if code != exit_codes.EXIT_LOCKED:
+            error = str(exc) or type(exc).__name__
+            report = report_of_error(
+                config.output_path, config.mode, code, error, started, time.time()
+            )
+            _write_reports(config.report.summary_json, metrics, report)
         raise
     code = exit_code_for(result)
     report = report_of(config, result, code, started, time.time())

@@ -506,8 +506,9 @@ def test_the_metrics_validator_rejects_what_promtool_rejects() -> None:
 def test_metrics_file_of_a_known_run_then_failing_runs_keep_the_last_success(
     make_job: MakeJob,
 ) -> None:
-    """Four runs of one job: stopped at --limit, some failed, done, refused (no key). Each
-    rewrites the file with its own figures; the last success survives the failing runs."""
+    """Four runs of one job: stopped at --limit (a success: nothing is wrong), some failed,
+    done, refused (no key). Each rewrites the file with its own figures; the last success
+    survives the failing runs."""
     job = make_job(6, seed=1120)
     poison = job.artists[5]
     job.fake.add_rule("bad_request", name=poison.name, times=1)  # fails once, then answers
@@ -522,6 +523,7 @@ def test_metrics_file_of_a_known_run_then_failing_runs_keep_the_last_success(
         {
             "run_start_timestamp_seconds": start,
             "run_end_timestamp_seconds": end,
+            "last_success_timestamp_seconds": end,
             "running": 0,
             "exit_code": exit_codes.EXIT_LIMIT_REACHED,
             "run_duration_seconds": end - start,
@@ -534,17 +536,19 @@ def test_metrics_file_of_a_known_run_then_failing_runs_keep_the_last_success(
         },
         abs=1e-3,
     )
-    assert "last_success_timestamp_seconds" not in metrics, "no run has succeeded yet"
     assert (job.dir / "bios.prom").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in job.dir.glob("bios.prom*")] == ["bios.prom"]
+    success = metrics["last_success_timestamp_seconds"]
 
     failed = job.run("--resume", *PRICES, *args)
     assert failed.code == exit_codes.EXIT_API_FAILURES, failed.stderr
+    start, end = timestamps(summary_json(job.dir / "run.json"))
     metrics = metrics_of(job.dir / "bios.prom")
     assert metrics["exit_code"] == exit_codes.EXIT_API_FAILURES
+    assert metrics["run_end_timestamp_seconds"] == pytest.approx(end, abs=1e-3)
+    assert metrics["last_success_timestamp_seconds"] == success < end
     assert (metrics["artists_committed"], metrics["artists_failed"]) == (0, 1)
     assert (metrics["artists_remaining"], metrics["requests"], metrics["tokens"]) == (1, 1, 0)
-    assert "last_success_timestamp_seconds" not in metrics
 
     done = job.run("--resume", *PRICES, *args)
     assert done.code == exit_codes.EXIT_SUCCESS, done.stderr

@@ -29,7 +29,7 @@ PREFIX = "artist_bio_gen_"
 FAMILIES: dict[str, str] = {
     "run_start_timestamp_seconds": "When the current or last run started (Unix time).",
     "run_end_timestamp_seconds": "When the last finished run ended (Unix time).",
-    "last_success_timestamp_seconds": "When the last run that exited 0 ended (Unix time).",
+    "last_success_timestamp_seconds": "When the last run that exited 0 or 7 ended (Unix time).",
     "running": "1 while a run is going, 0 once it has ended.",
     "exit_code": "Exit code of the last finished run (0 done, 4 some failed, 7 at a limit...).",
     "run_duration_seconds": "Seconds the current or last run has taken (start to end).",

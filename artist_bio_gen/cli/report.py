@@ -98,8 +98,11 @@ class RunReport:
 
     @property
     def succeeded(self) -> bool:
-        """The run did what it was asked (exit 0)."""
-        return self.exit_code == exit_codes.EXIT_SUCCESS
+        """The run did its work: it finished (exit 0) or stopped at a limit it was given or
+        met (exit 7: ``--daily-limit``, ``--max-cost``...; nothing is wrong, the next
+        ``--resume`` continues). A nightly job that spends its daily limit every night is
+        healthy, and "no successful run in 26 h" must not fire for it."""
+        return self.exit_code in (exit_codes.EXIT_SUCCESS, exit_codes.EXIT_LIMIT_REACHED)
 
 
 def job_name(output: Path) -> str:

@@ -73,7 +73,7 @@ examples:
 
   # from cron: warnings and errors only, the run's figures as JSON for a script, and a
   # file for Prometheus (node_exporter's textfile collector)
-  artist-bio-gen --resume --quiet --summary-json last-run.json \
+  artist-bio-gen --resume --quiet --summary-json last-run.json \\
       --metrics-file /var/lib/node_exporter/textfile/artist-bio-gen.prom
 
   # watch the bios go by (stdout: each committed bio, then the summary)

@@ -11,7 +11,7 @@ from pathlib import Path
 from artist_bio_gen import exit_codes
 
 from .support.checks import assert_mirror, read_jsonl
-from .support.cli import CliResult, Job, MakeJob
+from .support.cli import CliResult, Job, MakeJob, summary_figure
 from .support.database import TestDatabase
 from .support.fake_openai import FakeOpenAI
 
@@ -77,7 +77,7 @@ def test_one_bad_artist_does_not_stop_the_others(
     assert failures[artists[7].artist_id]["code"] == "bad_request"
     assert failures[artists[12].artist_id]["code"] == "empty_response"
     assert all(f["attempt"] == 1 and f["reason"] for f in failures.values())
-    assert "failed            2" in result.stderr
+    assert summary_figure(result, "failed") == "2"
 
 
 def test_rate_limit_with_retry_after_is_retried(

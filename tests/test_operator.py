@@ -161,6 +161,19 @@ def test_print_bios_prints_each_committed_bio_before_the_summary(make_job: MakeJ
     assert list(summary_table("Summary: job " + summary, strict=True)) == SUMMARY_LABELS
 
 
+def test_a_reader_that_went_away_costs_the_run_nothing(make_job: MakeJob) -> None:
+    """``artist-bio-gen ... | head -0``: stdout is closed before the summary; the exit code
+    is the run's and the reports are written."""
+    job = make_job(3, seed=1105)
+    proc = job.start_process(*job.input_args(*MODEL, "--summary-json", "s.json"))
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == exit_codes.EXIT_SUCCESS, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert summary_json(job.dir / "s.json")["committed"] == 3
+
+
 def test_quiet_prints_only_warnings_and_errors(make_job: MakeJob) -> None:
     """``--quiet``: no summary, no progress and no INFO line; a warning still shows."""
     job = make_job(3, seed=1103, database=False)

@@ -564,13 +564,23 @@ def _run(args: argparse.Namespace) -> int:
         raise
     code = exit_code_for(result)
     report = report_of(config, result, code, started, time.time())
-    if not config.report.quiet:
-        print("\n".join(summary_lines(config, result, report)), flush=True)
     _write_reports(config.report.summary_json, metrics, report)
+    if not config.report.quiet:
+        _print_summary(summary_lines(config, result, report))
     if result.left_running is not None:
         # Workers are stuck in calls that outlived the grace period; do not wait for them.
         _flush_and_exit(code)
     return code
+
+
+def _print_summary(lines: list[str]) -> None:
+    """The summary on stdout; a reader that went away (``| head``) costs the run nothing."""
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:
+        # Python would report the pipe again when it flushes stdout at exit.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def code_of(exc: BaseException) -> int:

@@ -161,6 +161,17 @@ def test_print_bios_prints_each_committed_bio_before_the_summary(make_job: MakeJ
     assert list(summary_table("Summary: job " + summary, strict=True)) == SUMMARY_LABELS
 
 
+def test_the_libraries_log_only_with_verbose(make_job: MakeJob) -> None:
+    """The HTTP stack logs each request; that line shows with --verbose and not otherwise."""
+    job = make_job(2, seed=1106)
+    default = job.run(*job.input_args(*MODEL))
+    assert default.code == exit_codes.EXIT_SUCCESS, default.stderr
+    assert "HTTP Request" not in default.stderr and "psycopg" not in default.stderr
+    verbose = job.run("--overwrite", *job.input_args(*MODEL, "--verbose"))  # a new job
+    assert verbose.code == exit_codes.EXIT_SUCCESS, verbose.stderr
+    assert "HTTP Request: POST" in verbose.stderr
+
+
 def test_a_reader_that_went_away_costs_the_run_nothing(make_job: MakeJob) -> None:
     """``artist-bio-gen ... | head -0``: stdout is closed before the summary; the exit code
     is the run's and the reports are written."""

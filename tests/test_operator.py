@@ -207,13 +207,34 @@ def test_quiet_and_verbose_contradict_each_other(make_job: MakeJob) -> None:
 # -- --summary-json -------------------------------------------------------------------------------
 
 
-def test_summary_json_of_a_known_run(make_job: MakeJob) -> None:
+def test_summary_json_and_metrics_of_a_known_run(make_job: MakeJob) -> None:
     job = make_job(6, seed=1110)
-    result = job.run(*job.input_args(*MODEL, *PRICES, "--summary-json", "run.json"))
+    result = job.run(
+        *job.input_args(*MODEL, *PRICES, "--summary-json", "run.json"), "--metrics-file", "m.prom"
+    )
     tokens = tokens_of(job, range(6))
     cost = tokens["total_tokens"] / 1e6
     expected = expected_json(job, result, **tokens, cost_usd=cost, job_bios=6, job_cost_usd=cost)
-    assert_figures(summary_json(job.dir / "run.json"), expected)
+    data = summary_json(job.dir / "run.json")
+    assert_figures(data, expected)
+    start, end = timestamps(data)
+    assert metrics_of(job.dir / "m.prom") == pytest.approx(
+        {
+            "run_start_timestamp_seconds": start,
+            "run_end_timestamp_seconds": end,
+            "last_success_timestamp_seconds": end,
+            "running": 0,
+            "exit_code": 0,
+            "run_duration_seconds": end - start,
+            "artists_committed": 6,
+            "artists_failed": 0,
+            "artists_remaining": 0,
+            "requests": 6,
+            "tokens": tokens["total_tokens"],
+            "cost_usd": cost,
+        },
+        abs=1e-3,
+    )
     assert (job.dir / "run.json").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in job.dir.glob("run.json*")] == ["run.json"], "no temporary file left"
 

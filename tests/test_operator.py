@@ -641,6 +641,41 @@ def test_a_run_refused_for_the_lock_leaves_the_running_runs_reports_alone(
     assert summary_json(job.dir / "s.json")["exit_code"] == exit_codes.EXIT_SUCCESS
 
 
+def test_a_batch_job_reports_its_batches(make_job: MakeJob) -> None:
+    """Batch mode: the batches in the table (above the exit code) and in the JSON; the
+    remaining artists are not known to a batch run (null, no metric), the rest is."""
+    job = make_job(12, seed=1126)
+    job.fake.batches.script(polls=0)
+    reports = ("--summary-json", "s.json", "--metrics-file", "m.prom")
+    submitted = job.run(
+        *job.input_args("--mode", "batch", *MODEL, "--batch-max-requests", "5", *reports)
+    )
+    assert submitted.code == exit_codes.EXIT_SUCCESS, submitted.stderr
+    data = summary_json(job.dir / "s.json")
+    assert data["mode"] == "batch" and data["remaining"] is None
+    assert data["batches"] == {
+        "batches": 3,
+        "open": 3,
+        "pending_requests": 12,
+        "submitted_artists": 12,
+        "submitted_batches": 3,
+        "collected": 0,
+        "collected_cost_usd": 0.0,
+        "cancelled": 0,
+    }
+    assert "artists_remaining" not in metrics_of(job.dir / "m.prom")
+    rows = submitted.stdout.splitlines()
+    assert rows[-1].startswith("  exit code ") and any("3 open" in row for row in rows)
+
+    collected = job.run("--resume", *reports)
+    assert collected.code == exit_codes.EXIT_SUCCESS, collected.stderr
+    data = summary_json(job.dir / "s.json")
+    assert (data["committed"], data["batches"]["open"], data["batches"]["collected"]) == (12, 0, 12)
+    metrics = metrics_of(job.dir / "m.prom")
+    assert (metrics["artists_committed"], metrics["exit_code"]) == (12, 0)
+    assert summary_table(collected.stdout)["committed"][0] == "12"
+
+
 # -- progress -------------------------------------------------------------------------------------
 
 PROGRESS = re.compile(

@@ -6,13 +6,12 @@ The CLI runs in-process (``main(argv)``).
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from artist_bio_gen import exit_codes
 
 from .support.checks import assert_mirror, read_jsonl
-from .support.cli import CliResult, Job, MakeJob
+from .support.cli import CliResult, Job, MakeJob, summary_figure
 from .support.database import TestDatabase
 from .support.fake_openai import FakeOpenAI
 
@@ -78,8 +77,7 @@ def test_one_bad_artist_does_not_stop_the_others(
     assert failures[artists[7].artist_id]["code"] == "bad_request"
     assert failures[artists[12].artist_id]["code"] == "empty_response"
     assert all(f["attempt"] == 1 and f["reason"] for f in failures.values())
-    # The summary is a table on stdout (cli/summary.py): the label, then the count.
-    assert re.search(r"^\s+failed\s+2\s", result.stdout, re.MULTILINE), result.stdout
+    assert summary_figure(result, "failed") == "2"
 
 
 def test_rate_limit_with_retry_after_is_retried(

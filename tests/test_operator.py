@@ -7,9 +7,17 @@ The runs are in-process (``make_job(...).run``) except where a process is the po
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
 import re
 import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,8 +26,9 @@ from typing import Any
 import pytest
 
 from artist_bio_gen import exit_codes
+from artist_bio_gen.core.reader import count_lines
 
-from .support.cli import CliResult, Job, MakeJob, summary_table
+from .support.cli import CliResult, Job, MakeJob, cli_env, summary_table
 from .support.fake_openai import INPUT_TOKENS, bio_for, tokens_for
 
 MODEL = ("--model", "gpt-4.1-mini")
@@ -152,6 +161,30 @@ def test_print_bios_prints_each_committed_bio_before_the_summary(make_job: MakeJ
     assert list(summary_table("Summary: job " + summary, strict=True)) == SUMMARY_LABELS
 
 
+def test_the_libraries_log_only_with_verbose(make_job: MakeJob) -> None:
+    """The HTTP stack logs each request; that line shows with --verbose and not otherwise."""
+    job = make_job(2, seed=1106)
+    default = job.run(*job.input_args(*MODEL))
+    assert default.code == exit_codes.EXIT_SUCCESS, default.stderr
+    assert "HTTP Request" not in default.stderr and "psycopg" not in default.stderr
+    verbose = job.run("--overwrite", *job.input_args(*MODEL, "--verbose"))  # a new job
+    assert verbose.code == exit_codes.EXIT_SUCCESS, verbose.stderr
+    assert "HTTP Request: POST" in verbose.stderr
+
+
+def test_a_reader_that_went_away_costs_the_run_nothing(make_job: MakeJob) -> None:
+    """``artist-bio-gen ... | head -0``: stdout is closed before the summary; the exit code
+    is the run's and the reports are written."""
+    job = make_job(3, seed=1105)
+    proc = job.start_process(*job.input_args(*MODEL, "--summary-json", "s.json"))
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == exit_codes.EXIT_SUCCESS, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert summary_json(job.dir / "s.json")["committed"] == 3
+
+
 def test_quiet_prints_only_warnings_and_errors(make_job: MakeJob) -> None:
     """``--quiet``: no summary, no progress and no INFO line; a warning still shows."""
     job = make_job(3, seed=1103, database=False)
@@ -174,13 +207,34 @@ def test_quiet_and_verbose_contradict_each_other(make_job: MakeJob) -> None:
 # -- --summary-json -------------------------------------------------------------------------------
 
 
-def test_summary_json_of_a_known_run(make_job: MakeJob) -> None:
+def test_summary_json_and_metrics_of_a_known_run(make_job: MakeJob) -> None:
     job = make_job(6, seed=1110)
-    result = job.run(*job.input_args(*MODEL, *PRICES, "--summary-json", "run.json"))
+    result = job.run(
+        *job.input_args(*MODEL, *PRICES, "--summary-json", "run.json"), "--metrics-file", "m.prom"
+    )
     tokens = tokens_of(job, range(6))
     cost = tokens["total_tokens"] / 1e6
     expected = expected_json(job, result, **tokens, cost_usd=cost, job_bios=6, job_cost_usd=cost)
-    assert_figures(summary_json(job.dir / "run.json"), expected)
+    data = summary_json(job.dir / "run.json")
+    assert_figures(data, expected)
+    start, end = timestamps(data)
+    assert metrics_of(job.dir / "m.prom") == pytest.approx(
+        {
+            "run_start_timestamp_seconds": start,
+            "run_end_timestamp_seconds": end,
+            "last_success_timestamp_seconds": end,
+            "running": 0,
+            "exit_code": 0,
+            "run_duration_seconds": end - start,
+            "artists_committed": 6,
+            "artists_failed": 0,
+            "artists_remaining": 0,
+            "requests": 6,
+            "tokens": tokens["total_tokens"],
+            "cost_usd": cost,
+        },
+        abs=1e-3,
+    )
     assert (job.dir / "run.json").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in job.dir.glob("run.json*")] == ["run.json"], "no temporary file left"
 
@@ -343,7 +397,7 @@ def test_summary_json_and_metrics_of_an_interrupted_run(make_job: MakeJob) -> No
             "run_end_timestamp_seconds": end,
             "running": 0,
             "exit_code": exit_codes.EXIT_INTERRUPTED,
-            "run_duration_seconds": data["elapsed_seconds"],
+            "run_duration_seconds": end - start,
             "artists_committed": 5,
             "artists_failed": 0,
             "artists_remaining": 15,
@@ -354,6 +408,40 @@ def test_summary_json_and_metrics_of_an_interrupted_run(make_job: MakeJob) -> No
         abs=1e-3,
     )
     assert time.time() - datetime.fromisoformat(data["ended_at"]).timestamp() < 60
+
+
+@pytest.mark.timeout(120)
+def test_a_run_stopped_at_once_by_a_second_signal_still_writes_its_reports(
+    make_job: MakeJob,
+) -> None:
+    """The second SIGTERM ends the process at once: the JSON and the metrics are written from
+    the live counts first (the metrics must not say "running" for ever)."""
+    job = make_job(20, seed=1117)
+    job.fake.add_rule("ok", times=1)
+    job.fake.add_rule("hang", delay=3600)
+    proc = job.start_process(
+        *job.input_args(*MODEL, *PRICES, "--max-workers", "4", "--summary-json", "s.json"),
+        "--metrics-file",
+        "bios.prom",
+    )
+    try:
+        assert job.fake.wait_for_requests(5, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == exit_codes.EXIT_INTERRUPTED, stderr
+    data = summary_json(job.dir / "s.json")
+    assert data["error"] == "stopped at once by a second signal; run again with --resume"
+    assert (data["exit_code"], data["interrupted"]) == (exit_codes.EXIT_INTERRUPTED, True)
+    assert (data["committed"], data["requests"], data["remaining"]) == (1, 5, 19)
+    assert data["not_started"] == 8, "the window's artists: 4 at the API, 4 queued"
+    metrics = metrics_of(job.dir / "bios.prom")
+    assert (metrics["running"], metrics["exit_code"]) == (0, exit_codes.EXIT_INTERRUPTED)
+    assert (metrics["artists_committed"], metrics["artists_remaining"]) == (1, 19)
 
 
 # -- --metrics-file -------------------------------------------------------------------------------
@@ -463,8 +551,9 @@ def test_the_metrics_validator_rejects_what_promtool_rejects() -> None:
 def test_metrics_file_of_a_known_run_then_failing_runs_keep_the_last_success(
     make_job: MakeJob,
 ) -> None:
-    """Four runs of one job: stopped at --limit, some failed, done, refused (no key). Each
-    rewrites the file with its own figures; the last success survives the failing runs."""
+    """Four runs of one job: stopped at --limit (a success: nothing is wrong), some failed,
+    done, refused (no key). Each rewrites the file with its own figures; the last success
+    survives the failing runs."""
     job = make_job(6, seed=1120)
     poison = job.artists[5]
     job.fake.add_rule("bad_request", name=poison.name, times=1)  # fails once, then answers
@@ -479,9 +568,10 @@ def test_metrics_file_of_a_known_run_then_failing_runs_keep_the_last_success(
         {
             "run_start_timestamp_seconds": start,
             "run_end_timestamp_seconds": end,
+            "last_success_timestamp_seconds": end,
             "running": 0,
             "exit_code": exit_codes.EXIT_LIMIT_REACHED,
-            "run_duration_seconds": metrics["run_duration_seconds"],
+            "run_duration_seconds": end - start,
             "artists_committed": 5,
             "artists_failed": 0,
             "artists_remaining": 1,
@@ -491,18 +581,19 @@ def test_metrics_file_of_a_known_run_then_failing_runs_keep_the_last_success(
         },
         abs=1e-3,
     )
-    assert "last_success_timestamp_seconds" not in metrics, "no run has succeeded yet"
-    assert 0 < metrics["run_duration_seconds"] <= end - start
     assert (job.dir / "bios.prom").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in job.dir.glob("bios.prom*")] == ["bios.prom"]
+    success = metrics["last_success_timestamp_seconds"]
 
     failed = job.run("--resume", *PRICES, *args)
     assert failed.code == exit_codes.EXIT_API_FAILURES, failed.stderr
+    start, end = timestamps(summary_json(job.dir / "run.json"))
     metrics = metrics_of(job.dir / "bios.prom")
     assert metrics["exit_code"] == exit_codes.EXIT_API_FAILURES
+    assert metrics["run_end_timestamp_seconds"] == pytest.approx(end, abs=1e-3)
+    assert metrics["last_success_timestamp_seconds"] == success < end
     assert (metrics["artists_committed"], metrics["artists_failed"]) == (0, 1)
     assert (metrics["artists_remaining"], metrics["requests"], metrics["tokens"]) == (1, 1, 0)
-    assert "last_success_timestamp_seconds" not in metrics
 
     done = job.run("--resume", *PRICES, *args)
     assert done.code == exit_codes.EXIT_SUCCESS, done.stderr
@@ -523,3 +614,213 @@ def test_metrics_file_of_a_known_run_then_failing_runs_keep_the_last_success(
     assert metrics["run_end_timestamp_seconds"] > success
     assert metrics["artists_remaining"] == 0, "carried over: the refused run read no input"
     assert (metrics["artists_committed"], metrics["requests"], metrics["running"]) == (0, 0, 0)
+
+
+@pytest.mark.timeout(120)
+def test_a_run_refused_for_the_lock_leaves_the_running_runs_reports_alone(
+    make_job: MakeJob,
+) -> None:
+    """Cron starts the next run while the last one still works: the refused run (exit 75)
+    must not overwrite the metrics of the run that holds the job."""
+    job = make_job(10, seed=1125)
+    job.fake.hold()
+    args = ("--metrics-file", "bios.prom", "--summary-json", "s.json")
+    proc = job.start_process(*job.input_args(*MODEL, *args))
+    try:
+        assert job.fake.wait_for_requests(1, timeout=60)
+        before = (job.dir / "bios.prom").read_text(encoding="utf-8")
+        assert metrics_of(job.dir / "bios.prom")["running"] == 1
+        second = job.run("--resume", *args)
+        after = (job.dir / "bios.prom").read_text(encoding="utf-8")
+    finally:
+        job.fake.release()
+        proc.communicate(timeout=60)
+    assert second.code == exit_codes.EXIT_LOCKED, second.stderr
+    assert after == before
+    assert proc.returncode == exit_codes.EXIT_SUCCESS
+    assert summary_json(job.dir / "s.json")["exit_code"] == exit_codes.EXIT_SUCCESS
+
+
+def test_a_batch_job_reports_its_batches(make_job: MakeJob) -> None:
+    """Batch mode: the batches in the table (above the exit code) and in the JSON; the
+    remaining artists are not known to a batch run (null, no metric), the rest is."""
+    job = make_job(12, seed=1126)
+    job.fake.batches.script(polls=0)
+    reports = ("--summary-json", "s.json", "--metrics-file", "m.prom")
+    submitted = job.run(
+        *job.input_args("--mode", "batch", *MODEL, "--batch-max-requests", "5", *reports)
+    )
+    assert submitted.code == exit_codes.EXIT_SUCCESS, submitted.stderr
+    data = summary_json(job.dir / "s.json")
+    assert data["mode"] == "batch" and data["remaining"] is None
+    assert data["batches"] == {
+        "batches": 3,
+        "open": 3,
+        "pending_requests": 12,
+        "submitted_artists": 12,
+        "submitted_batches": 3,
+        "collected": 0,
+        "collected_cost_usd": 0.0,
+        "cancelled": 0,
+    }
+    assert "artists_remaining" not in metrics_of(job.dir / "m.prom")
+    rows = submitted.stdout.splitlines()
+    assert rows[-1].startswith("  exit code ") and any("3 open" in row for row in rows)
+
+    collected = job.run("--resume", *reports)
+    assert collected.code == exit_codes.EXIT_SUCCESS, collected.stderr
+    data = summary_json(job.dir / "s.json")
+    assert (data["committed"], data["batches"]["open"], data["batches"]["collected"]) == (12, 0, 12)
+    metrics = metrics_of(job.dir / "m.prom")
+    assert (metrics["artists_committed"], metrics["exit_code"]) == (12, 0)
+    assert summary_table(collected.stdout)["committed"][0] == "12"
+
+
+# -- progress -------------------------------------------------------------------------------------
+
+PROGRESS = re.compile(
+    r"progress: (\d+)/(\d+) artists \([\d.]+%\): committed (\d+), skipped (\d+), failed (\d+), "
+    r"given up (\d+), in flight (\d+), already done (\d+); [\d.]+ artists/s, ETA (\S+); "
+    r"(\d+) requests, \$[\d.]+ spent"
+)
+
+
+class FileWatcher:
+    """Reads a file every 20 ms in a thread of its own, keeping every distinct content."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seen: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> FileWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                continue
+            if not self.seen or self.seen[-1] != text:
+                self.seen.append(text)
+
+
+@pytest.mark.timeout(120)
+def test_progress_lines_off_a_terminal_come_at_the_interval_with_exact_counts(
+    make_job: MakeJob,
+) -> None:
+    """A resumed run (3 done, 1 to give up) in which one artist fails and the last two take
+    2 s: while they hang, the lines (every 0.2 s) and the metrics file show the exact state:
+    7 of 9 settled, 5 committed, 1 failed, 1 given up, 2 in flight, 3 already done."""
+    job = make_job(12, seed=1130)
+    job.fake.add_rule("bad_request", name=job.artists[0].name)
+    args = ("--max-attempts", "1", "--max-workers", "4")
+    first = job.run(*job.input_args(*MODEL, *args, "--limit", "4", "--metrics-file", "live.prom"))
+    assert first.code == exit_codes.EXIT_LIMIT_REACHED, first.stderr
+    job.fake.add_rule("bad_request", name=job.artists[5].name)
+    for artist in job.artists[10:]:
+        job.fake.add_rule("hang", name=artist.name, delay=2.0)
+
+    interval = 0.2
+    with FileWatcher(job.dir / "live.prom") as watcher:
+        started = time.monotonic()
+        result = job.run(
+            "--resume", *args, "--progress-interval", str(interval), "--metrics-file", "live.prom"
+        )
+        elapsed = time.monotonic() - started
+
+    assert result.code == exit_codes.EXIT_API_FAILURES, result.stderr
+    lines = [m.groups() for m in PROGRESS.finditer(result.stderr)]
+    assert len(lines) == result.stderr.count("progress: "), "every progress line parses"
+    # The timer ticks once per interval at most; the 2 s hang alone spans about 10 intervals.
+    assert 5 <= len(lines) <= elapsed / interval + 1, (len(lines), elapsed)
+    counts = [tuple(int(x) for x in line[:8]) for line in lines]
+    for done, total, committed, skipped, failed, given_up, _, already in counts:
+        assert total == 9 and already == 3
+        assert done == committed + skipped + failed + given_up
+    assert counts == sorted(counts, key=lambda c: c[0]), "the counts only grow"
+    stalled = (7, 9, 5, 0, 1, 1, 2, 3)
+    assert counts.count(stalled) >= 3, result.stderr
+    stalled_lines = [line for line in lines if tuple(int(x) for x in line[:8]) == stalled]
+    assert all(line[8] != "unknown" and line[9] == "8" for line in stalled_lines)
+
+    snapshots = [metrics_of(job.dir / "live.prom")] + [
+        {
+            k.removeprefix("artist_bio_gen_"): v[(("job", "out"),)]
+            for k, v in check_metrics(t).items()
+        }
+        for t in watcher.seen
+    ]
+    running = [m for m in snapshots if m["running"] == 1]
+    assert any(
+        (m["artists_committed"], m["artists_failed"], m["artists_remaining"], m["requests"])
+        == (5, 1, 3, 8)
+        for m in running
+    ), running
+    # While it runs, the file keeps the last finished run's exit code (the first run's).
+    assert {m["exit_code"] for m in running} == {exit_codes.EXIT_LIMIT_REACHED}
+    final = snapshots[0]
+    assert (final["running"], final["artists_committed"], final["artists_remaining"]) == (0, 7, 1)
+
+
+def test_the_input_of_a_pipe_has_no_line_count(tmp_path: Path) -> None:
+    """A FIFO is not counted (reading it would consume it): the total is unknown."""
+    fifo = tmp_path / "artists.fifo"
+    os.mkfifo(fifo)
+    assert count_lines(fifo) is None
+    regular = tmp_path / "artists.csv"
+    regular.write_bytes(b"artist_id,artist_name\na,b\nc,d")  # the last line has no newline
+    assert count_lines(regular) == 3
+
+
+@pytest.mark.timeout(120)
+def test_the_bar_on_a_terminal_shows_a_total_and_an_eta(make_job: MakeJob) -> None:
+    """stderr is a pseudo-terminal: the bar counts up to the total with an ETA; stdout (a
+    pipe) holds the summary alone."""
+    job = make_job(20, seed=1131)
+    job.fake.latency = 0.15
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 160, 0, 0))
+    args = job.input_args(*MODEL, *PRICES, "--max-workers", "2")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artist_bio_gen", *args],
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    screen = _read_terminal(primary)
+    stdout = proc.communicate(timeout=60)[0].decode("utf-8")
+    assert proc.returncode == exit_codes.EXIT_SUCCESS, screen
+
+    frames = re.findall(r"artists:\s+\d+%\|[^|]*\| (\d+)/(\d+) \[(\d\d:\d\d)<([\d:?]+)", screen)
+    assert frames, screen
+    assert {total for _, total, _, _ in frames} == {"20"}
+    assert any(0 < int(n) < 20 and re.fullmatch(r"\d\d:\d\d", eta) for n, _, _, eta in frames)
+    assert frames[-1][0] == "20"
+    assert "ok 20, failed 0, in flight 0, $" in screen
+    assert list(summary_table(stdout, strict=True)) == SUMMARY_LABELS
+    assert summary_table(stdout)["committed"][0] == "20"
+
+
+def _read_terminal(fd: int) -> str:
+    """Everything written to the pseudo-terminal until the process closed it."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")

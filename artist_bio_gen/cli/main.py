@@ -24,6 +24,7 @@ from ..api.request import SERVICE_TIERS
 from ..config import (
     DEFAULT_OUTPUT,
     MODES,
+    Config,
     load_environment,
     parse_bool,
     report_path,
@@ -33,6 +34,7 @@ from ..core.dryrun import dry_run
 from ..core.lastrun import record_refused_run
 from ..core.processor import OutcomeCallback, RunControl, Tally
 from ..core.runner import RunResult, run_job
+from ..core.view import RunView
 from ..errors import ArtistBioGenError, UsageError
 from ..models import Outcome
 from ..utils.logging import setup_logging
@@ -44,6 +46,7 @@ from .report import (
     job_name,
     report_of,
     report_of_error,
+    report_of_view,
     write_quietly,
     write_summary_json,
 )
@@ -75,7 +78,7 @@ examples:
 
   # from cron: warnings and errors only, the run's figures as JSON for a script, and a
   # file for Prometheus (node_exporter's textfile collector)
-  artist-bio-gen --resume --quiet --summary-json last-run.json \
+  artist-bio-gen --resume --quiet --summary-json last-run.json \\
       --metrics-file /var/lib/node_exporter/textfile/artist-bio-gen.prom
 
   # watch the bios go by (stdout: each committed bio, then the summary)
@@ -557,33 +560,49 @@ def _run(args: argparse.Namespace) -> int:
         on_tick=None if metrics is None else metrics.running,
     )
     on_outcome = _with_bios(progress.on_outcome) if config.report.print_bios else None
+
+    def on_start(view: RunView) -> None:
+        # Registered now, after the runner's own hooks (the JSONL is frozen first).
+        control.on_emergency(lambda: _stopped_at_once(config, metrics, progress, view, started))
+        progress.start(view)
+
     try:
         with _SignalHandlers(control, config.shutdown_grace):
             try:
                 result = run_job(
-                    config,
-                    control,
-                    on_outcome=on_outcome or progress.on_outcome,
-                    on_start=progress.start,
+                    config, control, on_outcome=on_outcome or progress.on_outcome, on_start=on_start
                 )
             finally:
                 progress.close()
     except Exception as exc:
-        error = str(exc) or type(exc).__name__
-        report = report_of_error(
-            config.output_path, config.mode, code_of(exc), error, started, time.time()
-        )
-        _write_reports(config.report.summary_json, metrics, report)
+        code = code_of(exc)
+        # Refused because another run holds the job: the reports are that run's to write.
+        if code != exit_codes.EXIT_LOCKED:
+            error = str(exc) or type(exc).__name__
+            report = report_of_error(
+                config.output_path, config.mode, code, error, started, time.time()
+            )
+            _write_reports(config.report.summary_json, metrics, report)
         raise
     code = exit_code_for(result)
     report = report_of(config, result, code, started, time.time())
-    if not config.report.quiet:
-        print("\n".join(summary_lines(config, result, report)), flush=True)
     _write_reports(config.report.summary_json, metrics, report)
+    if not config.report.quiet:
+        _print_summary(summary_lines(config, result, report))
     if result.left_running is not None:
         # Workers are stuck in calls that outlived the grace period; do not wait for them.
         _flush_and_exit(code)
     return code
+
+
+def _print_summary(lines: list[str]) -> None:
+    """The summary on stdout; a reader that went away (``| head``) costs the run nothing."""
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:
+        # Python would report the pipe again when it flushes stdout at exit.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def code_of(exc: BaseException) -> int:
@@ -604,6 +623,21 @@ def _with_bios(on_outcome: OutcomeCallback) -> OutcomeCallback:
         on_outcome(outcome, tally)
 
     return show
+
+
+def _stopped_at_once(
+    config: Config,
+    metrics: MetricsFile | None,
+    progress: Progress,
+    view: RunView,
+    started: float,
+) -> None:
+    """A second signal ends the process now: the reports say so, from the live counts."""
+    progress.stop_ticking()
+    error = "stopped at once by a second signal; run again with --resume"
+    code = exit_codes.EXIT_INTERRUPTED
+    report = report_of_view(config, view, code, error, started, time.time())
+    _write_reports(config.report.summary_json, metrics, report)
 
 
 def _metrics_file(path: Path | None, output: Path, started: float) -> MetricsFile | None:

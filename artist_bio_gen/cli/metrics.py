@@ -15,6 +15,7 @@ time of the last success, or "no successful run in 26 h" could never fire.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,10 @@ PREFIX = "artist_bio_gen_"
 FAMILIES: dict[str, str] = {
     "run_start_timestamp_seconds": "When the current or last run started (Unix time).",
     "run_end_timestamp_seconds": "When the last finished run ended (Unix time).",
-    "last_success_timestamp_seconds": "When the last run that exited 0 ended (Unix time).",
+    "last_success_timestamp_seconds": "When the last run that exited 0 or 7 ended (Unix time).",
     "running": "1 while a run is going, 0 once it has ended.",
     "exit_code": "Exit code of the last finished run (0 done, 4 some failed, 7 at a limit...).",
-    "run_duration_seconds": "Seconds the current or last run has taken.",
+    "run_duration_seconds": "Seconds the current or last run has taken (start to end).",
     "artists_committed": "Bios committed by the current or last run.",
     "artists_failed": "Artists that failed in the current or last run.",
     "artists_remaining": "Artists of the input not committed, skipped or given up yet.",
@@ -61,7 +62,7 @@ class MetricsFile:
         tally, counts = view.tally, view.requests
         values: Values = {
             "running": 1,
-            "run_duration_seconds": view.elapsed,
+            "run_duration_seconds": time.time() - self.started_at,
             "artists_committed": tally.committed,
             "artists_failed": tally.failed,
             "artists_remaining": view.remaining,
@@ -77,7 +78,7 @@ class MetricsFile:
             "running": 0,
             "run_end_timestamp_seconds": report.ended_at,
             "exit_code": report.exit_code,
-            "run_duration_seconds": report.elapsed_seconds,
+            "run_duration_seconds": report.ended_at - report.started_at,
             "artists_committed": report.committed,
             "artists_failed": report.failed,
             "artists_remaining": report.remaining,

@@ -2,9 +2,10 @@
 
 On a terminal (stderr) a tqdm bar shows done/total, the rate, the ETA, failures and spend;
 the total is the artists still to do, counted from the input's lines when processing begins
-(unknown for a batch job or an input that is not a regular file: the bar then counts without
-one). Off a terminal, under cron, one log line every ``--progress-interval`` seconds with the
-same figures keeps the log readable (a line per artist would drown it).
+(at most ``--limit``; unknown for a batch job or an input that is not a regular file: the bar
+then counts without one). Off a terminal, under cron, one log line every
+``--progress-interval`` seconds with the same figures keeps the log readable (a line per
+artist would drown it).
 
 A timer thread of its own (``Ticker``) writes the log line, and calls ``on_tick`` (the
 metrics file) at the same interval, so both keep coming while no artist finishes, e.g. during
@@ -43,11 +44,12 @@ class Ticker:
         """Start ticking (the first tick comes one interval from now)."""
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop and wait for a tick under way to end (so nothing ticks after the summary)."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop and wait (up to ``timeout`` seconds) for a tick under way to end, so nothing
+        ticks after the summary."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -85,7 +87,7 @@ class Progress:
         self._view = view
         if self._use_bar:
             self._bar = tqdm(
-                total=view.to_do,
+                total=view.total,
                 desc="artists",
                 unit="artist",
                 file=sys.stderr,
@@ -107,8 +109,15 @@ class Progress:
         # A batch run counts into its collector's tally: follow the one the outcomes bring.
         view.tally = tally
         if self._bar is not None:
-            self._bar.update(view.handled - self._bar.n)
+            # The figures first: update() draws them (when its minimum interval allows).
             self._bar.set_postfix_str(_postfix(view), refresh=False)
+            self._bar.update(view.handled - self._bar.n)
+
+    def stop_ticking(self) -> None:
+        """Stop the ticker, from a signal handler: the main thread may be stopped inside a
+        log call whose lock the ticker waits for, so the wait is bounded."""
+        if self._ticker is not None:
+            self._ticker.stop(timeout=2.0)
 
     def close(self) -> None:
         """Stop the ticker and remove the bar, so the summary starts on a clean line."""
@@ -118,6 +127,7 @@ class Progress:
         if self._bar is not None:
             view = self._view
             if view is not None:
+                self._bar.set_postfix_str(_postfix(view), refresh=False)
                 self._bar.update(view.handled - self._bar.n)
             self._bar.close()
             self._bar = None
@@ -137,9 +147,9 @@ class Progress:
 
 def progress_line(view: RunView) -> str:
     """The log line: done of total, each count, rate, ETA, requests and spend."""
-    tally = view.tally
-    done = f"{view.handled:,}" + ("" if view.to_do is None else f"/{view.to_do:,}")
-    percent = f" ({100 * view.handled / view.to_do:.1f}%)" if view.to_do else ""
+    tally, total = view.tally, view.total
+    done = f"{view.handled:,}" + ("" if total is None else f"/{total:,}")
+    percent = f" ({100 * view.handled / total:.1f}%)" if total else ""
     return (
         f"progress: {done} artists{percent}: committed {tally.committed:,}, skipped "
         f"{tally.skipped:,}, failed {tally.failed:,}, given up {view.given_up:,}, in flight "
@@ -157,19 +167,24 @@ def _rate(view: RunView) -> float:
 
 
 def _eta(view: RunView) -> str:
-    rate = _rate(view)
-    if view.to_do is None or rate <= 0:
+    rate, total = _rate(view), view.total
+    if total is None or rate <= 0:
         return "unknown"
-    seconds = int(max(0, view.to_do - view.handled) / rate)
+    seconds = int(max(0, total - view.handled) / rate)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _postfix(view: RunView) -> str:
+    """After the bar's rate: the outcomes and the spend (what is 0 and rare left out, so the
+    bar keeps its width)."""
     tally = view.tally
-    return (
-        f"ok {tally.committed:,}, failed {tally.failed:,}, given up {view.given_up:,}, "
-        f"in flight {tally.in_flight:,}, ${view.requests.spent_usd:,.4f}"
-    )
+    parts = [f"ok {tally.committed:,}", f"failed {tally.failed:,}"]
+    if tally.skipped:
+        parts.append(f"skipped {tally.skipped:,}")
+    if view.given_up:
+        parts.append(f"given up {view.given_up:,}")
+    parts += [f"in flight {tally.in_flight:,}", f"${view.requests.spent_usd:,.4f}"]
+    return ", ".join(parts)
 
 
 class _LogStream:

@@ -20,6 +20,7 @@ from .. import exit_codes
 from ..config import Config
 from ..core.batch import BatchReport
 from ..core.runner import RunResult
+from ..core.view import RunView
 from ..utils.durable import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -97,8 +98,11 @@ class RunReport:
 
     @property
     def succeeded(self) -> bool:
-        """The run did what it was asked (exit 0)."""
-        return self.exit_code == exit_codes.EXIT_SUCCESS
+        """The run did its work: it finished (exit 0) or stopped at a limit it was given or
+        met (exit 7: ``--daily-limit``, ``--max-cost``...; nothing is wrong, the next
+        ``--resume`` continues). A nightly job that spends its daily limit every night is
+        healthy, and "no successful run in 26 h" must not fire for it."""
+        return self.exit_code in (exit_codes.EXIT_SUCCESS, exit_codes.EXIT_LIMIT_REACHED)
 
 
 def job_name(output: Path) -> str:
@@ -160,6 +164,41 @@ def report_of_error(
         error=error,
         interrupted=exit_code == exit_codes.EXIT_INTERRUPTED,
         elapsed_seconds=max(0.0, ended_at - started_at),
+    )
+
+
+def report_of_view(
+    config: Config, view: RunView, exit_code: int, error: str, started_at: float, ended_at: float
+) -> RunReport:
+    """The figures of a run stopped at once (a second signal), from its live counts: what
+    it read of the input is not known then (the input counts are 0)."""
+    tally, counts = view.tally, view.requests
+    return RunReport(
+        job=job_name(config.output_path),
+        output=str(config.output_path),
+        mode=config.mode,
+        started_at=started_at,
+        ended_at=ended_at,
+        exit_code=exit_code,
+        job_id=view.job_id,
+        error=error,
+        interrupted=True,
+        already_done=view.already_done,
+        committed=tally.committed,
+        skipped=tally.skipped,
+        failed=tally.failed,
+        given_up=view.given_up,
+        not_started=tally.in_flight,
+        remaining=view.remaining,
+        requests=counts.requests,
+        retries=counts.retries,
+        rate_limited=counts.rate_limited,
+        input_tokens=tally.tokens.input_tokens,
+        output_tokens=tally.tokens.output_tokens,
+        total_tokens=tally.tokens.total_tokens,
+        cost_usd=counts.spent_usd,
+        unpriced=counts.unknown_cost,
+        elapsed_seconds=view.elapsed,
     )
 
 

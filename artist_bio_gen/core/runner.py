@@ -477,6 +477,7 @@ def _process(
     lines = count_lines(config.input_path)
     view.already_done = len(done)
     view.to_do = None if lines is None else _to_do(config, lines, done)
+    view.limit = config.budget.limit
     if done or config.resume:
         to_go = "an unknown number" if view.to_do is None else f"about {view.to_do:,}"
         logger.info("resumed: %s already done, %s to go", f"{len(done):,}", to_go)

@@ -25,12 +25,22 @@ class RunView:
     #: The artists this run has to do, counted from the input's lines at the start (less
     #: those done); None when unknown (a batch job, an input that is not a regular file).
     to_do: int | None = None
+    #: ``--limit``: the artists this run may send (None: no limit).
+    limit: int | None = None
     tally: Tally = field(default_factory=Tally)
     requests: RequestCounts = field(default_factory=RequestCounts)
     #: Artists not sent because they failed ``--max-attempts`` times already.
     given_up: int = 0
     #: ``time.monotonic()`` when processing began.
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def total(self) -> int | None:
+        """What this run will settle at most: the artists to do, or fewer under ``--limit``
+        (given-up artists may take the count a little past it)."""
+        if self.to_do is None or self.limit is None:
+            return self.to_do
+        return min(self.to_do, self.limit)
 
     @property
     def handled(self) -> int:

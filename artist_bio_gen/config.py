@@ -695,7 +695,7 @@ def _report(layers: _Layers) -> ReportSettings:
         progress_interval=_in_range(
             "--progress-interval",
             layers.get("progress_interval", "PROGRESS_INTERVAL", 30.0, float),
-            0.01,
+            0.1,
             86400.0,
         ),
     )

@@ -142,6 +142,14 @@ MISTAKES: dict[str, Mistake] = {
     "zero-workers": _flags(
         "--max-workers", "0", fragment="--max-workers must be between 1 and 4096"
     ),
+    "zero-progress-interval": _flags(
+        "--progress-interval", "0", fragment="--progress-interval must be between 0.1 and"
+    ),
+    "metrics-file-in-a-missing-directory": _flags(
+        "--metrics-file",
+        "nodir/m.prom",
+        fragment="--metrics-file 'nodir/m.prom' must be a file in an existing directory",
+    ),
     "quota-threshold-too-high": _flags(
         "--quota-threshold", "2", fragment="--quota-threshold must be between 0.1 and 1.0"
     ),

@@ -53,7 +53,7 @@ from .lastrun import LastRunRecorder, run_exit_code
 from .ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
 from .lock import RunLock
 from .processor import OutcomeCallback, Pipeline, RunControl, Tally, process_artists_concurrent
-from .reader import ArtistReader, count_lines, has_header
+from .reader import ArtistReader, count_ignored_lines, count_lines, has_header
 from .recovery import scan_jsonl
 from .throttle import RequestCounts, Throttle
 from .view import RunView
@@ -511,9 +511,10 @@ def _process(
 
 
 def _to_do(config: Config, lines: int, done: Collection[str]) -> int:
-    """The artists left to do, estimated from the input's lines (blank, comment, bad and
-    duplicate lines count as artists until the input is read)."""
-    return max(0, lines - has_header(config.input_path) - len(done))
+    """The artists left to do, estimated from the input's lines less its header, blank and
+    comment lines (bad and duplicate lines count as artists until the input is read)."""
+    path = config.input_path
+    return max(0, lines - has_header(path) - count_ignored_lines(path) - len(done))
 
 
 def _remaining(

@@ -394,8 +394,11 @@ class BioStore:
                     f"{self._config.retry_seconds:.0f} s ({self._last_error}); the job is "
                     "saved: run again with --resume once the database is back."
                 )
-            # Capped low: once the server is back, workers should notice within seconds.
-            time.sleep(min(0.2 * 2**tries, 2.0))
+            # The first retry goes at once: the usual cause is a pooled connection the server
+            # closed since its last use (the pool has discarded it; see CheckIfIdle). Then
+            # backoff, capped low: once the server is back, workers notice within seconds.
+            if tries > 1:
+                time.sleep(min(0.2 * 2 ** (tries - 1), 2.0))
 
     def _note_connection_error(self, what: str, exc: BaseException) -> None:
         self._last_error = redact(first_line(exc), self._config.url)

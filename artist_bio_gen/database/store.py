@@ -159,7 +159,11 @@ class BioStore:
 
         def attempt() -> CommittedBio:
             nonlocal uncertain
-            with self._pool.connection() as conn:
+            # getconn/putconn rather than pool.connection(): on an autocommit connection
+            # the context manager's COMMIT does nothing, and on every artist that costs CPU.
+            # putconn still discards a connection the statement found broken.
+            conn = self._pool.getconn()
+            try:
                 if uncertain and (done := self._fetch(conn, job.job_id, artist_id)):
                     return done
                 uncertain = True  # from here on a dropped connection leaves it unknown
@@ -168,6 +172,8 @@ class BioStore:
                     # The guard saw an earlier commit of this artist: that one stands.
                     return self._committed_before(conn, job.job_id, artist_id)
                 return _committed(values)
+            finally:
+                self._pool.putconn(conn)
 
         return self._with_retries("commit", attempt)
 

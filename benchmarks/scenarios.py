@@ -20,7 +20,7 @@ from .database import BenchDatabases, done_ids_plan, seed_artists
 from .fakeserver import FakeServer
 from .procstat import Series
 from .resume import build_resume_job
-from .timeline import Rates, Window, rates, transaction_times
+from .timeline import Rates, Window, commit_durations, quantile, rates, transaction_times
 from .tool import (
     Measured,
     check_exit,
@@ -94,6 +94,14 @@ class ToolRun:
     #: Artists the tool gave up on (e.g. connection errors the fake server caused).
     failed: int
     load: WindowLoad
+    #: Seconds each committed artist took in the tool (transaction log), sorted.
+    durations: list[float]
+    latency: float
+
+    def beyond_latency(self, share: float = 0.5) -> float:
+        """The ``share`` quantile of the time per artist beyond the stand-in's latency:
+        what the tool itself (commit, fsync, log, waits for the GIL) adds to an answer."""
+        return quantile(self.durations, share) - self.latency
 
 
 # A few failed artists (the stand-in server dropping a connection under load) do not spoil a
@@ -115,6 +123,7 @@ def run_job(
         measured = run_measured(argv, child_env(server.base_url, url), workdir, server)
         events = transaction_times(workdir / "out.transactions.jsonl")
         commits, failed = events.get("commit", []), len(events.get("failure", []))
+        durations = commit_durations(workdir / "out.transactions.jsonl")
         tolerated = failed <= MAX_FAILED_SHARE * count and measured.usage.returncode == 4
         check_exit(
             measured, f"the tool ({count:,} artists, {workers} workers)", 4 if tolerated else 0
@@ -124,7 +133,7 @@ def run_job(
     start = measured.first_request or measured.spawned
     run_rates = rates(commits, start, latency)
     load = window_load(measured, run_rates.steady_window)
-    return ToolRun(measured, run_rates, commits, failed, load)
+    return ToolRun(measured, run_rates, commits, failed, load, durations, latency)
 
 
 # -- target 1: throughput against the ideal --------------------------------------------------------
@@ -236,6 +245,14 @@ def run_bare_loop(bench: Bench, server: FakeServer, workers: int, count: int) ->
     if result["failures"] > MAX_FAILED_SHARE * count:
         raise RuntimeError(f"the bare loop had {result['failures']} failed calls")
     return _sample(measured, result["completions"], count)
+
+
+def bare_ceiling(bench: Bench, server: FakeServer, workers: int, count: int) -> LoopFigures:
+    """What one process of bare SDK calls does on this machine against this stand-in at
+    L=0: the most requests per second one process (one GIL) can make here. A throughput
+    target whose ideal W/L comes near it cannot be met by one process of the tool, whose
+    CPU per artist is larger still."""
+    return _combine([run_bare_loop(bench, server, workers, count)])
 
 
 def cpu_at_zero_latency(
@@ -376,6 +393,7 @@ __all__ = [
     "MemoryResult",
     "ResumeResult",
     "ThroughputResult",
+    "bare_ceiling",
     "cpu_at_zero_latency",
     "memory_flat",
     "resume_start",

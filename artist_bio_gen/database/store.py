@@ -152,7 +152,6 @@ class BioStore:
         artist only, e.g. a bio the server rejects).
         """
         statements = self._sql()
-        statement = statements.commit_keep if keep_existing else statements.commit
         params = _commit_params(bio, job)
         artist_id = bio.artist.artist_id
         uncertain = False
@@ -167,6 +166,7 @@ class BioStore:
                 if uncertain and (done := self._fetch(conn, job.job_id, artist_id)):
                     return done
                 uncertain = True  # from here on a dropped connection leaves it unknown
+                statement = statements.commit_bytes(conn, keep_existing)
                 values = conn.execute(statement, params).fetchone()
                 if values is None:
                     # The guard saw an earlier commit of this artist: that one stands.
@@ -455,12 +455,23 @@ class _Statements:
     def __init__(self, table: TargetTable):
         self.commit = _commit_statement(table, skip_existing=False)
         self.commit_keep = _commit_statement(table, skip_existing=True)
+        self._commit_bytes: dict[bool, bytes] = {}
         self.has_bio = sql.SQL("SELECT bio IS NOT NULL AND bio <> '' FROM {} WHERE id = %s").format(
             table.identifier
         )
         self.bio_states = sql.SQL(
             "SELECT lower(id::text), bio IS NOT NULL AND bio <> '' FROM {} WHERE id = ANY(%s)"
         ).format(table.identifier)
+
+    def commit_bytes(self, conn: psycopg.Connection, keep_existing: bool) -> bytes:
+        """The commit statement as sent, rendered once: the driver would compose it (join
+        its parts, quote the identifiers) again on every commit."""
+        rendered = self._commit_bytes.get(keep_existing)
+        if rendered is None:
+            statement = self.commit_keep if keep_existing else self.commit
+            # Two threads may both render it first: the same bytes either way.
+            rendered = self._commit_bytes[keep_existing] = statement.as_bytes(conn)
+        return rendered
 
 
 def _commit_statement(table: TargetTable, *, skip_existing: bool) -> sql.Composed:

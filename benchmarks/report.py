@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .procstat import MIB
 from .scenarios import (
+    BareLatency,
     CpuResult,
     LoopFigures,
     MemoryResult,
@@ -114,6 +115,30 @@ def ceiling_verdicts(bare: LoopFigures, workers: int) -> list[Verdict]:
             info=True,
         )
     ]
+
+
+def bare_latency_verdicts(bare: BareLatency) -> list[Verdict]:
+    """What a bare SDK loop loses beyond L at a throughput point: a reference row."""
+    return [
+        Verdict(
+            f"1  bare SDK loop beyond L, L={bare.latency:g}s W={bare.workers}",
+            f"{bare.beyond_latency(0.5) * 1e3:.1f} ms median "
+            f"(p90 {bare.beyond_latency(0.9) * 1e3:.1f} ms)",
+            "reference",
+            True,
+            info=True,
+        )
+    ]
+
+
+def bare_latency_details(bare: BareLatency) -> str:
+    """The bare loop at a throughput point: rate, time beyond L and load."""
+    return (
+        f"bare SDK loop L={bare.latency:g}s W={bare.workers}: {bare.count:,} calls, steady "
+        f"{bare.steady_rate:.1f}/s; time per call beyond L: median "
+        f"{bare.beyond_latency(0.5) * 1e3:.1f} ms, p90 {bare.beyond_latency(0.9) * 1e3:.1f} ms\n"
+        f"      process {bare.load.child_cores:.2f} cores, {_load_text(bare.load)}"
+    )
 
 
 def ceiling_details(bare: LoopFigures, workers: int) -> str:
@@ -343,5 +368,6 @@ machine's busy time (other users' processes, the kernel, this driver). A through
 [in brackets] when the machine was saturated, other processes took CPU, or the fake server
 was near one core: then a miss may be the machine's or the stand-in's, not the tool's. Time
 beyond L = each committed artist's duration_ms in the transaction log (worker start to JSONL
-line on disk) minus L. The INFO row is the bare SDK loop's rate in one process on this
-machine: no process of the tool, which does more per artist, can go faster than that."""
+line on disk) minus L; the bare loop's INFO row beside it is what the SDK and the machine
+alone add to L at the same point. The L=0 INFO row is the bare SDK loop's rate in one
+process on this machine: no process of the tool, which does more per artist, goes faster."""

@@ -28,6 +28,7 @@ from .database import BenchDatabases
 from .fakeserver import FakeServer
 from .scenarios import (
     Bench,
+    bare_at_latency,
     bare_ceiling,
     cpu_at_zero_latency,
     memory_flat,
@@ -61,6 +62,10 @@ class Plan:
 FULL = Plan(60, 64, 8_000, 2, 64, 2_000, 50_000, 1_000_000, 1_000, 32, 16)
 QUICK = Plan(20, 64, 3_000, 1, 64, 1_000, 10_000, 200_000, 1_000, 32, 16)
 THROUGHPUT_POINTS = ((0.5, 64), (1.0, 256), (4.0, 1024))
+#: Where the bare SDK loop also runs, as the reference for the time per artist beyond L
+#: (for this many seconds of ideal processing).
+BARE_LATENCY_POINT = (0.5, 64)
+BARE_LATENCY_SECONDS = 20.0
 #: The enforced limit (requests per minute), the stand-in latency and the workers: 32
 #: workers at 0.5 s could do 64 requests per second, three times what the limit allows.
 RATE_LIMIT_POINT = (1200, 0.5, 32)
@@ -84,6 +89,19 @@ def _throughput(bench: Bench, plan: Plan) -> tuple[list[report.Verdict], list[st
         verdicts += report.throughput_verdicts(result)
         details.append(report.throughput_details(result))
         _log(details[-1])
+        if (latency, workers) == BARE_LATENCY_POINT:
+            _log(f"bare SDK loop at L={latency:g}s W={workers} (reference) ...")
+            with FakeServer(latency) as server:
+                bare_point = bare_at_latency(
+                    bench,
+                    server,
+                    latency,
+                    workers,
+                    min(BARE_LATENCY_SECONDS, plan.throughput_seconds),
+                )
+            verdicts += report.bare_latency_verdicts(bare_point)
+            details.append(report.bare_latency_details(bare_point))
+            _log(details[-1])
     return verdicts, details
 
 

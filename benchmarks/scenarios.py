@@ -192,9 +192,11 @@ class _Sample:
     count: int
 
 
-def _sample(measured: Measured, completions: list[float], count: int) -> _Sample:
+def _sample(
+    measured: Measured, completions: list[float], count: int, latency: float = 0.0
+) -> _Sample:
     start = measured.first_request or measured.spawned
-    run_rates = rates(completions, start, 0.0)
+    run_rates = rates(completions, start, latency)
     window = run_rates.steady_window
     return _Sample(measured, run_rates, measured.child.cpu_between(window.start, window.end), count)
 
@@ -234,7 +236,15 @@ class CpuResult:
 
 def run_bare_loop(bench: Bench, server: FakeServer, workers: int, count: int) -> _Sample:
     """The bare SDK loop (``benchmarks.bareloop``) at L=0."""
-    server.set_latency(0.0)
+    return _bare_loop(bench, server, workers, count, 0.0)[0]
+
+
+def _bare_loop(
+    bench: Bench, server: FakeServer, workers: int, count: int, latency: float
+) -> tuple[_Sample, list[float]]:
+    """The bare SDK loop with the stand-in answering after ``latency``: its sample and the
+    sorted durations of its calls."""
+    server.set_latency(latency)
     with bench.workdir("bare") as workdir:
         out = workdir / "times.json"
         argv = [sys.executable, "-m", "benchmarks.bareloop", "--workers", str(workers)]
@@ -244,7 +254,34 @@ def run_bare_loop(bench: Bench, server: FakeServer, workers: int, count: int) ->
         result = json.loads(out.read_text())
     if result["failures"] > MAX_FAILED_SHARE * count:
         raise RuntimeError(f"the bare loop had {result['failures']} failed calls")
-    return _sample(measured, result["completions"], count)
+    durations = [float(d) for d in result["durations"]]
+    return _sample(measured, result["completions"], count, latency), durations
+
+
+@dataclass(frozen=True)
+class BareLatency:
+    """The bare loop at a throughput point: what the SDK and the machine alone add to L."""
+
+    latency: float
+    workers: int
+    count: int
+    durations: list[float]
+    steady_rate: float
+    load: WindowLoad
+
+    def beyond_latency(self, share: float = 0.5) -> float:
+        """The ``share`` quantile of a call's duration beyond the stand-in's latency."""
+        return quantile(self.durations, share) - self.latency
+
+
+def bare_at_latency(
+    bench: Bench, server: FakeServer, latency: float, workers: int, seconds: float
+) -> BareLatency:
+    """The bare loop for ``seconds`` of ideal processing at ``latency`` with ``workers``."""
+    count = int(seconds * workers / latency)
+    sample, durations = _bare_loop(bench, server, workers, count, latency)
+    load = window_load(sample.measured, sample.rates.steady_window)
+    return BareLatency(latency, workers, count, durations, sample.rates.steady, load)
 
 
 def bare_ceiling(bench: Bench, server: FakeServer, workers: int, count: int) -> LoopFigures:

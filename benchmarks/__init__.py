@@ -9,10 +9,12 @@ Modules:
 * ``run``: the command line; ``report``: the table, the verdicts and the details;
 * ``scenarios``: one function per target; ``resume``: a job with a million done artists;
 * ``tool``: the tool as a measured subprocess (CPU and RSS sampled from ``/proc``);
-* ``bareloop``: the bare SDK loop the L=0 target compares against (its own process);
+* ``bareloop``: the bare SDK loop the L=0 target compares against (its own process), also
+  run first by the throughput scenario as this machine's ceiling for one process;
 * ``fakeserver``: ``tests.support.fake_openai.FakeOpenAI`` in its own process, driven over a pipe;
 * ``procstat``: ``/proc`` sampling and ``wait4`` resource usage;
-* ``timeline``: overall and steady-state rates from completion timestamps;
+* ``timeline``: overall and steady-state rates from completion timestamps; the time per
+  artist beyond the latency from the transaction log's durations;
 * ``database``: bench databases (``tests.support.database``), bulk loading, a million done
   artists.
 

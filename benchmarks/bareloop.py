@@ -3,7 +3,8 @@
 ``python -m benchmarks.bareloop --workers W --count N --out times.json`` makes N
 ``openai.OpenAI(...).responses.create(prompt=...)`` calls (the request the tool sends for a
 stored prompt) in a ``ThreadPoolExecutor`` of W workers and reads each ``output_text``: no
-database, no file, no ledger. It writes the completion time of every call to ``--out``.
+database, no file, no ledger. It writes the completion time (``time.time()``) and the
+duration of every call to ``--out``.
 The base URL and key come from the environment, as for the tool.
 """
 
@@ -33,15 +34,19 @@ def _client(workers: int) -> openai.OpenAI:
     )
 
 
-def run(workers: int, count: int, seed: int, prompt_id: str) -> tuple[list[float], int]:
-    """Make the calls; returns (sorted completion times, failed calls)."""
+def run(
+    workers: int, count: int, seed: int, prompt_id: str
+) -> tuple[list[float], list[float], int]:
+    """Make the calls; returns (sorted completion times, sorted durations, failed calls)."""
     client = _client(workers)
     completions: list[float] = []
+    durations: list[float] = []
     failures = [0]
     lock = threading.Lock()
 
     def call(name: str, data: str | None) -> None:
         variables = {"artist_name": name, "artist_data": data or NO_ARTIST_DATA}
+        started = time.monotonic()
         try:
             # {**variables}: the same pairs, as the dict of wider values the SDK's type asks for.
             prompt: ResponsePromptParam = {"id": prompt_id, "variables": {**variables}}
@@ -51,12 +56,13 @@ def run(workers: int, count: int, seed: int, prompt_id: str) -> tuple[list[float
             with lock:
                 failures[0] += 1
             return
-        completions.append(time.time())  # list.append is atomic
+        durations.append(time.monotonic() - started)  # list.append is atomic
+        completions.append(time.time())
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for artist in bench_artists(count, seed):
             pool.submit(call, artist.name, artist.data)
-    return sorted(completions), failures[0]
+    return sorted(completions), sorted(durations), failures[0]
 
 
 def main() -> None:
@@ -68,8 +74,9 @@ def main() -> None:
     parser.add_argument("--prompt-id", default="pmpt_bench")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    completions, failures = run(args.workers, args.count, args.seed, args.prompt_id)
-    args.out.write_text(json.dumps({"completions": completions, "failures": failures}))
+    completions, durations, failures = run(args.workers, args.count, args.seed, args.prompt_id)
+    result = {"completions": completions, "durations": durations, "failures": failures}
+    args.out.write_text(json.dumps(result))
 
 
 if __name__ == "__main__":

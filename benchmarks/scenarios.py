@@ -20,7 +20,7 @@ from .database import BenchDatabases, done_ids_plan, seed_artists
 from .fakeserver import FakeServer
 from .procstat import Series
 from .resume import build_resume_job
-from .timeline import Rates, Window, rates, transaction_times
+from .timeline import Rates, Window, commit_durations, quantile, rates, transaction_times
 from .tool import (
     Measured,
     check_exit,
@@ -94,6 +94,14 @@ class ToolRun:
     #: Artists the tool gave up on (e.g. connection errors the fake server caused).
     failed: int
     load: WindowLoad
+    #: Seconds each committed artist took in the tool (transaction log), sorted.
+    durations: list[float]
+    latency: float
+
+    def beyond_latency(self, share: float = 0.5) -> float:
+        """The ``share`` quantile of the time per artist beyond the stand-in's latency:
+        what the tool itself (commit, fsync, log, waits for the GIL) adds to an answer."""
+        return quantile(self.durations, share) - self.latency
 
 
 # A few failed artists (the stand-in server dropping a connection under load) do not spoil a
@@ -115,6 +123,7 @@ def run_job(
         measured = run_measured(argv, child_env(server.base_url, url), workdir, server)
         events = transaction_times(workdir / "out.transactions.jsonl")
         commits, failed = events.get("commit", []), len(events.get("failure", []))
+        durations = commit_durations(workdir / "out.transactions.jsonl")
         tolerated = failed <= MAX_FAILED_SHARE * count and measured.usage.returncode == 4
         check_exit(
             measured, f"the tool ({count:,} artists, {workers} workers)", 4 if tolerated else 0
@@ -124,7 +133,7 @@ def run_job(
     start = measured.first_request or measured.spawned
     run_rates = rates(commits, start, latency)
     load = window_load(measured, run_rates.steady_window)
-    return ToolRun(measured, run_rates, commits, failed, load)
+    return ToolRun(measured, run_rates, commits, failed, load, durations, latency)
 
 
 # -- target 1: throughput against the ideal --------------------------------------------------------
@@ -183,9 +192,11 @@ class _Sample:
     count: int
 
 
-def _sample(measured: Measured, completions: list[float], count: int) -> _Sample:
+def _sample(
+    measured: Measured, completions: list[float], count: int, latency: float = 0.0
+) -> _Sample:
     start = measured.first_request or measured.spawned
-    run_rates = rates(completions, start, 0.0)
+    run_rates = rates(completions, start, latency)
     window = run_rates.steady_window
     return _Sample(measured, run_rates, measured.child.cpu_between(window.start, window.end), count)
 
@@ -225,7 +236,15 @@ class CpuResult:
 
 def run_bare_loop(bench: Bench, server: FakeServer, workers: int, count: int) -> _Sample:
     """The bare SDK loop (``benchmarks.bareloop``) at L=0."""
-    server.set_latency(0.0)
+    return _bare_loop(bench, server, workers, count, 0.0)[0]
+
+
+def _bare_loop(
+    bench: Bench, server: FakeServer, workers: int, count: int, latency: float
+) -> tuple[_Sample, list[float]]:
+    """The bare SDK loop with the stand-in answering after ``latency``: its sample and the
+    sorted durations of its calls."""
+    server.set_latency(latency)
     with bench.workdir("bare") as workdir:
         out = workdir / "times.json"
         argv = [sys.executable, "-m", "benchmarks.bareloop", "--workers", str(workers)]
@@ -235,7 +254,42 @@ def run_bare_loop(bench: Bench, server: FakeServer, workers: int, count: int) ->
         result = json.loads(out.read_text())
     if result["failures"] > MAX_FAILED_SHARE * count:
         raise RuntimeError(f"the bare loop had {result['failures']} failed calls")
-    return _sample(measured, result["completions"], count)
+    durations = [float(d) for d in result["durations"]]
+    return _sample(measured, result["completions"], count, latency), durations
+
+
+@dataclass(frozen=True)
+class BareLatency:
+    """The bare loop at a throughput point: what the SDK and the machine alone add to L."""
+
+    latency: float
+    workers: int
+    count: int
+    durations: list[float]
+    steady_rate: float
+    load: WindowLoad
+
+    def beyond_latency(self, share: float = 0.5) -> float:
+        """The ``share`` quantile of a call's duration beyond the stand-in's latency."""
+        return quantile(self.durations, share) - self.latency
+
+
+def bare_at_latency(
+    bench: Bench, server: FakeServer, latency: float, workers: int, seconds: float
+) -> BareLatency:
+    """The bare loop for ``seconds`` of ideal processing at ``latency`` with ``workers``."""
+    count = int(seconds * workers / latency)
+    sample, durations = _bare_loop(bench, server, workers, count, latency)
+    load = window_load(sample.measured, sample.rates.steady_window)
+    return BareLatency(latency, workers, count, durations, sample.rates.steady, load)
+
+
+def bare_ceiling(bench: Bench, server: FakeServer, workers: int, count: int) -> LoopFigures:
+    """What one process of bare SDK calls does on this machine against this stand-in at
+    L=0: the most requests per second one process (one GIL) can make here. A throughput
+    target whose ideal W/L comes near it cannot be met by one process of the tool, whose
+    CPU per artist is larger still."""
+    return _combine([run_bare_loop(bench, server, workers, count)])
 
 
 def cpu_at_zero_latency(
@@ -376,6 +430,7 @@ __all__ = [
     "MemoryResult",
     "ResumeResult",
     "ThroughputResult",
+    "bare_ceiling",
     "cpu_at_zero_latency",
     "memory_flat",
     "resume_start",

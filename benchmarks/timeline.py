@@ -93,3 +93,24 @@ def transaction_times(transaction_log: Path) -> dict[str, list[float]]:
     for values in times.values():
         values.sort()
     return times
+
+
+def commit_durations(transaction_log: Path) -> list[float]:
+    """Seconds each committed artist took in the tool (the transaction log's ``duration_ms``:
+    from the worker picking the artist up to its JSONL line on disk), sorted."""
+    durations: list[float] = []
+    if not transaction_log.exists():
+        return durations
+    with open(transaction_log, encoding="utf-8") as handle:
+        for line in handle:
+            event = json.loads(line)
+            if event.get("event") == "commit":
+                durations.append(float(event["duration_ms"]) / 1000)
+    return sorted(durations)
+
+
+def quantile(values: list[float], share: float) -> float:
+    """The ``share`` quantile of sorted ``values`` (nearest rank; 0.0 when empty)."""
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, int(share * len(values)))]

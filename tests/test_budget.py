@@ -484,3 +484,41 @@ def test_amounts_must_be_finite_and_not_negative(bad: float) -> None:
         CostBudget(bad)
     with pytest.raises(ValueError):
         CostBudget(1.0).reserve(bad)
+
+
+def test_a_throttled_request_costs_the_daily_count_no_query_of_its_own(
+    database: TestDatabase,
+    pools: list[ConnectionPool],
+    job_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With --daily-limit on a database, 40 requests reserve 3 blocks of 16: 3 statements,
+    not one more per request (the limit's message, which reads the count, is only built
+    when the limit is reached)."""
+    from artist_bio_gen.api.limiter import LimiterSettings, RateLimiter
+    from artist_bio_gen.api.ratelimit import parse_rate_limit_headers
+    from artist_bio_gen.core.throttle import Throttle
+    from artist_bio_gen.models import TokenUsage
+
+    usage = DatabaseUsage(_database_store(database, pools), job_id)
+    throttle = Throttle(
+        RateLimiter(LimiterSettings()),
+        DailyBudget(usage, 1000, today=Clock()),
+        CostBudget(None),
+        price=None,
+        stopping=lambda: False,
+    )
+    real_execute = psycopg.Connection.execute
+    statements: list[str] = []
+
+    def execute(self, query, params=None, **kwargs):  # type: ignore[no-untyped-def]
+        if "artist_bio_usage" in str(query):
+            statements.append(str(query))
+        return real_execute(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", execute)
+    for _ in range(40):
+        ticket = throttle.before_request()
+        throttle.answered(ticket, parse_rate_limit_headers({}), TokenUsage(1, 2, 3), 0.0, "m")
+    assert len(statements) == 3
+    assert usage.used(DAY) == 48 and throttle.counts.requests == 40

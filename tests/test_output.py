@@ -187,7 +187,7 @@ from artist_bio_gen.errors import OutputWriteError
 from artist_bio_gen.models import ApiResponse
 limit = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-with JsonlWriter(sys.argv[1]) as writer:
+with JsonlWriter(sys.argv[1], hold_lock=sys.argv[3] == "held") as writer:
     for i in range(10_000):
         artist_id = f"00000000-0000-4000-8000-{i:012d}"
         line = ApiResponse(artist_id, "A", None, "b" * 333, f"r{i}", 1, "updated")
@@ -200,11 +200,14 @@ sys.exit(1)
 """
 
 
-def test_a_full_disk_leaves_a_complete_last_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lock", ["per-write", "held"])
+def test_a_full_disk_leaves_a_complete_last_line(tmp_path: Path, lock: str) -> None:
+    """Also for a writer that holds the lock for good (a run's), which keeps the file's size
+    in memory instead of looking before every write."""
     out = tmp_path / "out.jsonl"
     limit = 10_000  # RLIMIT_FSIZE: writes past it fail with EFBIG, as on a full disk
     result = subprocess.run(
-        [sys.executable, "-c", _FULL_DISK_SCRIPT, str(out), str(limit)],
+        [sys.executable, "-c", _FULL_DISK_SCRIPT, str(out), str(limit), lock],
         capture_output=True,
         text=True,
         timeout=60,
@@ -311,3 +314,35 @@ def test_a_writer_holding_the_lock_keeps_other_processes_waiting(tmp_path: Path)
         writer.close()
     assert other.wait(timeout=30) == 0
     assert [r["response_id"] for r in read_jsonl(out)] == ["resp_1", "resp_2"]
+
+
+def test_a_held_writer_whose_undo_failed_cuts_the_torn_tail_before_its_next_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer holding the lock trusts the size it knows, except after a failed write whose
+    undo failed too: then it looks again, so its next line never lands after a torn one."""
+    import errno
+
+    import artist_bio_gen.core.jsonl as jsonl
+
+    out = tmp_path / "out.jsonl"
+    real_write, real_ftruncate = os.write, os.ftruncate
+    with JsonlWriter(out, hold_lock=True) as writer:
+        writer.append_line(encode_line(_response(1), "p"))
+
+        def half_then_enospc(fd: int, data: bytes) -> int:
+            real_write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def refuse(fd: int, length: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(jsonl.os, "write", half_then_enospc)
+        monkeypatch.setattr(jsonl.os, "ftruncate", refuse)
+        with pytest.raises(OutputWriteError):
+            writer.append_line(encode_line(_response(2), "p"))
+        monkeypatch.setattr(jsonl.os, "write", real_write)
+        monkeypatch.setattr(jsonl.os, "ftruncate", real_ftruncate)
+        writer.append_line(encode_line(_response(3), "p"))
+        assert writer.repaired_bytes > 0
+    assert [r["response_id"] for r in read_jsonl(out)] == ["resp_1", "resp_3"]

@@ -304,13 +304,14 @@ def test_after_a_good_canary_the_window_fills(
 # -- the window -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("workers", [3, 24], ids=["woken-per-artist", "woken-per-3"])
 def test_the_window_bounds_requests_in_flight_and_input_read_ahead(
-    make_run: MakeRun, fake_openai: FakeOpenAI
+    make_run: MakeRun, fake_openai: FakeOpenAI, workers: int
 ) -> None:
     """With slow answers: never more than W requests at the fake, and the input is read at
     most 2 x W (submitted) + 1 (in the feeder's hand, waiting for a slot) ahead of the
-    outcomes. The lead reaches that bound exactly: the window is 2 x W, not less."""
-    workers = 3
+    outcomes. The lead reaches that bound exactly: the window is 2 x W, not less. With 24
+    workers the feeder is woken per 3 finished artists: the bound and the count hold."""
     artists = make_artists(8 * workers, seed=403)
     fake_openai.latency = 0.1
     run = make_run(workers, db=False)  # a JsonlOnlyLedger this time

@@ -12,7 +12,11 @@ import pytest
 
 from artist_bio_gen.core.jsonl import encode_line
 from artist_bio_gen.core.legacy import update_artist_bio
-from artist_bio_gen.database.connection import create_db_connection_pool, describe_database
+from artist_bio_gen.database.connection import (
+    CheckIfIdle,
+    create_db_connection_pool,
+    describe_database,
+)
 from artist_bio_gen.database.schema import ensure_ledger, inspect_target_table
 from artist_bio_gen.database.store import BioStore, JobTotals
 from artist_bio_gen.models import (
@@ -303,3 +307,56 @@ def test_job_totals_sum_the_job_and_count_unknown_costs(
     assert not totals.cost_complete
     assert store.job_totals(other) == JobTotals(1, 10, 20, 30, 5.0, 0)
     assert store.job_totals(other).cost_complete
+
+
+# --- connections the server closed ---------------------------------------------------------
+
+
+def _terminate_other_backends(database: TestDatabase) -> int:
+    """Close, on the server, every connection to the test database but this one (as a
+    restart would); returns how many were closed."""
+    with database.connect() as conn:
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_pooled_connection_closed_by_the_server_costs_no_commit(
+    store: BioStore, database: TestDatabase
+) -> None:
+    """Right after a commit its connection is handed out again without a ping; if the
+    server closed it meanwhile, the commit goes through on a new one, once."""
+    first, second = make_artists(2, seed=39)
+    database.seed([first, second])
+    store.commit(*_row(first.artist_id, "First bio."))
+    assert _terminate_other_backends(database) >= 1
+    committed = store.commit(*_row(second.artist_id, "Second bio."))
+    assert committed.response_text == "Second bio." and committed.db_status == "updated"
+    # The dead connection was handed out unpinged and came back broken (the retry's doing).
+    assert store.pool.get_stats().get("returns_bad", 0) >= 1
+    assert len(database.ledger()) == 2
+    assert database.bios()[second.artist_id] == "Second bio."
+
+
+def test_check_if_idle_pings_only_a_connection_not_handed_out_recently(
+    database: TestDatabase,
+) -> None:
+    """A connection handed out within ``recent`` seconds passes without a round trip (its
+    death shows at its next statement); after that, or when known broken, it is pinged."""
+    now = [100.0]
+    check = CheckIfIdle(recent=1.0, clock=lambda: now[0])
+    with database.connect() as conn:
+        check(conn)  # never seen: pinged, and it answers
+        now[0] += 0.5
+        with database.connect() as killer:
+            killer.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        check(conn)  # handed out 0.5 s ago: no round trip, so no error yet
+        now[0] += 1.5
+        with pytest.raises(psycopg.OperationalError):
+            check(conn)  # idle for 1.5 s: pinged, and the ping finds it closed
+        assert conn.broken
+        now[0] += 0.1
+        with pytest.raises(psycopg.OperationalError):
+            check(conn)  # known broken: never handed out unchecked

@@ -106,12 +106,17 @@ def build_record(
     return record
 
 
+#: One encoder for every line (``json.dumps`` with options builds a new one per call); the
+#: same output as ``json.dumps(record, ensure_ascii=False)``.
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 def encode_line(
     bio: Renderable, prompt_id: str | None, version: str | None = None, error: str | None = None
 ) -> bytes:
     """One JSONL line (UTF-8, ``ensure_ascii=False``, ending in a newline)."""
     record = build_record(bio, prompt_id, version, error)
-    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    return (_JSON.encode(record) + "\n").encode("utf-8")
 
 
 def open_append(path: Path, create: bool) -> int:
@@ -251,12 +256,17 @@ class JsonlWriter:
         self.appended_lines = 0
         self.appended_bytes = 0
         self._held = False
+        #: The file's size while this writer holds the lock for good and knows it (None:
+        #: look, and cut a torn tail first, before the next write).
+        self._known_size: int | None = None
         if hold_lock:
             self._file_lock.acquire()
             self._held = True
         with self._locked():
             #: Bytes of torn lines cut since this writer opened the file.
             self.repaired_bytes = _truncate_torn_tail(self._fd, self.path)
+            if self._held:
+                self._known_size = os.fstat(self._fd).st_size
         if fsync_interval > 0:
             self._flusher = threading.Thread(
                 target=self._flush_loop, name="jsonl-fsync", daemon=True
@@ -301,14 +311,25 @@ class JsonlWriter:
 
     def _append_locked(self, data: bytes, lines: int) -> None:
         """Write ``data`` (whole lines) with one write; fsync unless in group-fsync mode."""
-        # Another process may have died mid-line since our last append.
-        self.repaired_bytes += _truncate_torn_tail(self._fd, self.path)
-        size = os.fstat(self._fd).st_size
-        self._write_whole(data, size)
-        if self._fsync_interval > 0:
-            self._dirty.set()
-        else:
-            self._fsync_or_undo(size)
+        size = self._known_size
+        if size is None:
+            # Another process may have died mid-line since our last append. A writer that
+            # holds the lock for good skips these two system calls per write: no other
+            # process can have appended since, so the size it knows is the file's.
+            self.repaired_bytes += _truncate_torn_tail(self._fd, self.path)
+            size = os.fstat(self._fd).st_size
+        try:
+            self._write_whole(data, size)
+            if self._fsync_interval > 0:
+                self._dirty.set()
+            else:
+                self._fsync_or_undo(size)
+        except BaseException:
+            # The undo may itself have failed: look at the file again before the next write.
+            self._known_size = None
+            raise
+        if self._held:
+            self._known_size = size + len(data)
         self.appended_lines += lines
         self.appended_bytes += len(data)
 

@@ -26,9 +26,9 @@ are the same code.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -326,36 +326,60 @@ Task = Callable[[Pipeline, RunControl, T], Outcome]
 
 @dataclass
 class _Window:
-    """Submitted-but-unfinished artists; completions arrive through a queue (O(1) each)."""
+    """Submitted-but-unfinished artists; completions arrive through a deque (O(1) each).
+
+    The main thread is woken once ``wake_after`` tasks have finished, not after each one:
+    every wake is a wait for the GIL among all the workers, for a thread that then only
+    counts. Workers do not starve meanwhile: the window holds twice as many artists as
+    there are workers, and the feeder wakes after at most an eighth of them (``wake_batch``).
+    """
 
     executor: ThreadPoolExecutor
-    done: queue.SimpleQueue[Future[Outcome]] = field(default_factory=queue.SimpleQueue)
+    #: Finished futures not collected yet (``deque`` appends and pops are thread-safe).
+    done: deque[Future[Outcome]] = field(default_factory=deque)
     in_flight: int = 0
+    #: Finished tasks that wake the main thread (1: each one, as for the canary and the end).
+    wake_after: int = 1
+    ready: threading.Event = field(default_factory=threading.Event)
 
     def submit(self, fn: Callable[..., Outcome], *args: object) -> None:
         future = self.executor.submit(fn, *args)
-        future.add_done_callback(self.done.put)
+        future.add_done_callback(self._finished)
         self.in_flight += 1
+
+    def _finished(self, future: Future[Outcome]) -> None:
+        # In the worker thread (or the main one, for a future cancelled at shutdown).
+        self.done.append(future)
+        if len(self.done) >= self.wake_after:
+            self.ready.set()
 
     def settled(self) -> Iterator[Outcome | None]:
         """Without waiting, what finished since the last collection: an ``Outcome`` per
         artist that ran, None per queued artist whose task was cancelled."""
-        while True:
-            try:
-                future = self.done.get_nowait()
-            except queue.Empty:
-                return
+        while self.done:
+            future = self.done.popleft()
             self.in_flight -= 1
             yield None if future.cancelled() else future.result()
 
     def next_outcome(self, timeout: float) -> Outcome | None:
-        """The next finished outcome, or None after ``timeout`` (so signals get a look in)."""
-        try:
-            future = self.done.get(timeout=timeout)
-        except queue.Empty:
+        """The next finished outcome, or None after ``timeout`` (so signals get a look in).
+
+        Waits only when nothing is left to collect, and then until ``wake_after`` tasks
+        have finished (or ``timeout``); a wake-up that finds the deque empty is harmless.
+        """
+        if not self.done:
+            self.ready.wait(timeout)
+        self.ready.clear()
+        if not self.done:
             return None
         self.in_flight -= 1
-        return future.result()
+        return self.done.popleft().result()
+
+
+def wake_batch(max_workers: int) -> int:
+    """Finished tasks that wake the feeder in full flow: an eighth of the workers (1 below
+    16 workers, so a small run is collected as each artist finishes)."""
+    return max(1, max_workers // 8)
 
 
 def process_artists_concurrent(
@@ -477,11 +501,13 @@ class _Feeder(Generic[T]):
     canary_done: bool = False
 
     def feed(self, items: Iterable[T], window_size: int) -> None:
+        batch = wake_batch(window_size // 2)
         for item in items:
             # The canary: until one outcome shows the key, prompt and quota work, only one
-            # artist is in flight.
+            # artist is in flight (and its outcome wakes the feeder at once).
             limit = window_size if self.canary_done else 1
             while self.window.in_flight >= limit and not self.control.stopping:
+                self.window.wake_after = batch if self.canary_done else 1
                 self._collect(timeout=0.25)
                 limit = window_size if self.canary_done else 1
             if self.control.stopping:
@@ -490,6 +516,10 @@ class _Feeder(Generic[T]):
             self.tally.in_flight = self.window.in_flight
 
     def drain(self, grace: float) -> None:
+        # Nothing more to submit: each outcome is collected as it comes (the last ones would
+        # otherwise wait for a batch that never fills).
+        self.window.wake_after = 1
+        self.window.ready.set()
         deadline: float | None = None
         while self.window.in_flight > 0:
             if self.control.interrupted and deadline is None:

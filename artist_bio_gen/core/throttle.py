@@ -114,18 +114,14 @@ class Throttle:
         except (ArtistBioGenError, OSError) as exc:
             # The day's count could not be kept (database gone, usage file unwritable):
             # sending anyway could pass the budget, so the run stops.
-            allowed = False
-            error: ArtistBioGenError = (
-                exc
-                if isinstance(exc, ArtistBioGenError)
-                else OutputWriteError(f"Could not record today's requests ({exc}).")
-            )
-        else:
-            error = LimitReachedError(self._daily_message())
+            self._limiter.release(permit)
+            self._cost.settle(expected, None)
+            raise NotSent(_usage_error(exc)) from None
         if not allowed:
             self._limiter.release(permit)
             self._cost.settle(expected, None)
-            raise NotSent(error)
+            # Only now: the message reads the day's count (a query with a database).
+            raise NotSent(LimitReachedError(self._daily_message()))
         self._count_request(retry)
         return _Ticket(permit, expected)
 
@@ -250,6 +246,12 @@ class Throttle:
             f"--daily-limit reached: {self._daily.used_today():,} requests today (UTC) for this "
             "job; run again with --resume tomorrow, or raise the limit."
         )
+
+
+def _usage_error(exc: ArtistBioGenError | OSError) -> ArtistBioGenError:
+    if isinstance(exc, ArtistBioGenError):
+        return exc
+    return OutputWriteError(f"Could not record today's requests ({exc}).")
 
 
 def _own(ticket: Ticket) -> _Ticket:

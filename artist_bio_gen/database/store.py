@@ -152,22 +152,28 @@ class BioStore:
         artist only, e.g. a bio the server rejects).
         """
         statements = self._sql()
-        statement = statements.commit_keep if keep_existing else statements.commit
         params = _commit_params(bio, job)
         artist_id = bio.artist.artist_id
         uncertain = False
 
         def attempt() -> CommittedBio:
             nonlocal uncertain
-            with self._pool.connection() as conn:
+            # getconn/putconn rather than pool.connection(): on an autocommit connection
+            # the context manager's COMMIT does nothing, and on every artist that costs CPU.
+            # putconn still discards a connection the statement found broken.
+            conn = self._pool.getconn()
+            try:
                 if uncertain and (done := self._fetch(conn, job.job_id, artist_id)):
                     return done
                 uncertain = True  # from here on a dropped connection leaves it unknown
+                statement = statements.commit_bytes(conn, keep_existing)
                 values = conn.execute(statement, params).fetchone()
                 if values is None:
                     # The guard saw an earlier commit of this artist: that one stands.
                     return self._committed_before(conn, job.job_id, artist_id)
                 return _committed(values)
+            finally:
+                self._pool.putconn(conn)
 
         return self._with_retries("commit", attempt)
 
@@ -406,8 +412,11 @@ class BioStore:
                     f"{self._config.retry_seconds:.0f} s ({self._last_error}); the job is "
                     "saved: run again with --resume once the database is back."
                 )
-            # Capped low: once the server is back, workers should notice within seconds.
-            time.sleep(min(0.2 * 2**tries, 2.0))
+            # The first retry goes at once: the usual cause is a pooled connection the server
+            # closed since its last use (the pool has discarded it; see CheckIfIdle). Then
+            # backoff, capped low: once the server is back, workers notice within seconds.
+            if tries > 1:
+                time.sleep(min(0.2 * 2 ** (tries - 1), 2.0))
 
     def _note_connection_error(self, what: str, exc: BaseException) -> None:
         self._last_error = redact(first_line(exc), self._config.url)
@@ -458,12 +467,23 @@ class _Statements:
     def __init__(self, table: TargetTable):
         self.commit = _commit_statement(table, skip_existing=False)
         self.commit_keep = _commit_statement(table, skip_existing=True)
+        self._commit_bytes: dict[bool, bytes] = {}
         self.has_bio = sql.SQL("SELECT bio IS NOT NULL AND bio <> '' FROM {} WHERE id = %s").format(
             table.identifier
         )
         self.bio_states = sql.SQL(
             "SELECT lower(id::text), bio IS NOT NULL AND bio <> '' FROM {} WHERE id = ANY(%s)"
         ).format(table.identifier)
+
+    def commit_bytes(self, conn: psycopg.Connection, keep_existing: bool) -> bytes:
+        """The commit statement as sent, rendered once: the driver would compose it (join
+        its parts, quote the identifiers) again on every commit."""
+        rendered = self._commit_bytes.get(keep_existing)
+        if rendered is None:
+            statement = self.commit_keep if keep_existing else self.commit
+            # Two threads may both render it first: the same bytes either way.
+            rendered = self._commit_bytes[keep_existing] = statement.as_bytes(conn)
+        return rendered
 
 
 def _commit_statement(table: TargetTable, *, skip_existing: bool) -> sql.Composed:

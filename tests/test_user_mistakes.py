@@ -65,6 +65,10 @@ def _instructions_file(job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
     (job.dir / "i.txt").write_text("x", encoding="utf-8")
 
 
+def _fifo_input(job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
+    os.mkfifo(job.dir / "pipe.csv")  # opening it to read would block: it must not be opened
+
+
 def _flags(*flags: str, fragment: str) -> Mistake:
     """A bad combination of flags (or a bad flag value): exit 2 naming it."""
     return Mistake((*RUN, *flags), exit_codes.EXIT_INPUT_ERROR, (fragment,))
@@ -76,6 +80,12 @@ MISTAKES: dict[str, Mistake] = {
         exit_codes.EXIT_INPUT_FILE_ERROR,
         ("nope.csv", "does not exist"),
         database=True,
+    ),
+    "input-is-a-pipe": Mistake(
+        ("--input", "pipe.csv", "--prompt-id", "p", "--no-db"),
+        exit_codes.EXIT_INPUT_FILE_ERROR,
+        ("'pipe.csv' is not a regular file", "save the CSV to a file"),
+        setup=_fifo_input,
     ),
     "missing-api-key": Mistake(
         (*RUN, "--no-db"),

@@ -112,6 +112,7 @@ def _parse_fields(fields: list[str]) -> ArtistData:
 
 def _open_input(path: str) -> TextIO:
     """Open the input CSV or raise ``InputFileError`` saying what is wrong and what to do."""
+    _check_regular(path)
     try:
         _check_encoding(path)
         # utf-8-sig drops a BOM; newline="" lets csv handle CRLF and newlines in quotes;
@@ -134,6 +135,21 @@ def _open_input(path: str) -> TextIO:
         raise InputFileError(
             f"Input file '{path}' cannot be opened ({exc.strerror or exc}); check the --input path."
         ) from exc
+
+
+def _check_regular(path: str) -> None:
+    """Refuse a pipe, socket or device: a run reads its input more than once (the encoding
+    check, the count for the progress total, every ``--resume``), and a pipe can be read
+    only once, so the second reading would silently see no artists (or block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # opening it says what is wrong
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise InputFileError(
+            f"Input '{path}' is not a regular file (a pipe or a device), and a run reads its "
+            "input more than once; save the CSV to a file and pass that path with --input."
+        )
 
 
 def _is_a_directory(path: str) -> str:

@@ -31,7 +31,7 @@ from ..config import (
     resolve_config,
 )
 from ..core.dryrun import dry_run
-from ..core.lastrun import record_refused_run
+from ..core.lastrun import exception_exit_code, record_refused_run, run_exit_code
 from ..core.processor import OutcomeCallback, RunControl, Tally
 from ..core.runner import RunResult, run_job
 from ..core.view import RunView
@@ -607,11 +607,7 @@ def _print_summary(lines: list[str]) -> None:
 
 def code_of(exc: BaseException) -> int:
     """The exit code an exception ends the run with (as ``_guarded`` maps it)."""
-    if isinstance(exc, ArtistBioGenError):
-        return exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
-        return exit_codes.EXIT_INTERRUPTED
-    return exit_codes.EXIT_UNEXPECTED_ERROR
+    return exception_exit_code(exc)
 
 
 def _with_bios(on_outcome: OutcomeCallback) -> OutcomeCallback:
@@ -667,14 +663,8 @@ def _report_refused(args: argparse.Namespace, exc: ArtistBioGenError, started: f
 
 
 def exit_code_for(result: RunResult) -> int:
-    """The process exit code for a finished run."""
-    if result.error is not None:
-        return result.error.exit_code
-    if result.interrupted:
-        return exit_codes.EXIT_INTERRUPTED
-    if result.stats.failed:
-        return exit_codes.EXIT_API_FAILURES
-    return exit_codes.EXIT_SUCCESS
+    """The process exit code for a finished run (the rule the last-run record uses too)."""
+    return run_exit_code(result.error, result.interrupted, result.stats.failed)
 
 
 #: What ``signal.signal`` takes and returns: a function, SIG_DFL / SIG_IGN (ints), or None

@@ -591,6 +591,6 @@ def test_a_batch_job_lists_its_batches_with_their_state_and_counts(make_job: Mak
     assert data["counts"]["done"] == 6 and data["counts"]["remaining"] == 6
     text = status(job).stdout
     assert "  batches           4: 2 open" in text
-    assert f"       2 {ids[1]} ended/completed: 5 requests, answered 5, failed 0; committed 5" in (
+    assert f"       2 {ids[1]} ended/completed: 5 requests; answered 5, failed 0; committed 5" in (
         text
     )

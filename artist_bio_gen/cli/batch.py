@@ -104,7 +104,15 @@ def batch_summary_lines(config: Config, report: BatchReport) -> list[str]:
 
 
 def _batch_line(record: BatchRecord) -> str:
+    return f"    {record.chunk:>4} {record.batch_id or '(not created)'} {batch_counts(record)}"
+
+
+def batch_counts(record: BatchRecord, state: bool = False) -> str:
+    """One batch's status (with ``state``: the recorded state first, ``state/status``), its
+    error and its counts, as the summary and ``status`` show them."""
     status = record.status or record.state
+    if state:
+        status = f"{record.state}/{status}"
     counts = ""
     if record.completed is not None:
         counts = f"; answered {record.completed:,}, failed {record.failed or 0:,}"
@@ -115,10 +123,7 @@ def _batch_line(record: BatchRecord) -> str:
             f"to submit again {record.resubmit:,}"
         )
     error = f" ({record.error})" if record.error else ""
-    return (
-        f"    {record.chunk:>4} {record.batch_id or '(not created)'} {status}{error}: "
-        f"{record.requests:,} requests{counts}{collected}"
-    )
+    return f"{status}{error}: {record.requests:,} requests{counts}{collected}"
 
 
 def _cost_line(report: BatchReport) -> str:

@@ -23,6 +23,7 @@ from ..core.status import Counts, JobStatus, Spend, job_status
 from ..database.batches import BatchRecord
 from ..jobfiles import LastRun
 from ..utils.logging import setup_logging
+from .batch import batch_counts
 
 EPILOG = """\
 examples:
@@ -327,20 +328,9 @@ def _batch_lines(batches: list[BatchRecord]) -> list[str]:
     open_batches = sum(1 for record in batches if record.open)
     lines = [_row("batches", f"{len(batches):,}: {open_batches:,} open")]
     for record in batches:
-        status = record.status or record.state
-        answered = ""
-        if record.completed is not None:
-            answered = f", answered {record.completed:,}, failed {record.failed or 0:,}"
-        collected = ""
-        if not record.open:
-            collected = (
-                f"; committed {record.committed:,}, failures {record.failures:,}, "
-                f"resubmitted {record.resubmit:,}"
-            )
-        error = f" ({record.error})" if record.error else ""
         lines.append(
-            f"    {record.chunk:>4} {record.batch_id or '(not created)'} {record.state}/"
-            f"{status}{error}: {record.requests:,} requests{answered}{collected}"
+            f"    {record.chunk:>4} {record.batch_id or '(not created)'} "
+            f"{batch_counts(record, state=True)}"
         )
     return lines
 

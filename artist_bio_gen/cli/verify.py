@@ -49,8 +49,8 @@ def create_verify_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="artist-bio-gen verify",
         description=(
-            "Report whether a job's JSONL mirrors its committed bios: line and row counts, "
-            "bios missing on either side, torn tail, duplicate ids, differing text. Exits 0 "
+            "Report whether a job's JSONL mirrors its committed bios: line and row counts,\n"
+            "bios missing on either side, torn tail, duplicate ids, differing text. Exits 0\n"
             "when they agree, 6 when they do not."
         ),
         epilog="example:\n  artist-bio-gen verify --output out.jsonl --repair",

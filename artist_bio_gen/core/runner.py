@@ -175,34 +175,15 @@ def run_job(
         else:
             run = _Processing(config, pipeline, control, on_outcome, on_start, view)
             tally, stats, error = _process(run, done)
+        result = RunResult(
+            stats, job_id, error, control.interrupted, requests=throttle.counts, batches=batches
+        )
         if tally.abandoned:
             left = _leave_running(stack, writer, tally.abandoned)
-            return _ended(
-                last_run,
-                RunResult(
-                    stats,
-                    job_id,
-                    error,
-                    control.interrupted,
-                    left,
-                    requests=throttle.counts,
-                    batches=batches,
-                ),
-            )
+            return _ended(last_run, replace(result, left_running=left))
         # Quiet now (no worker can append), so the checkpoint is exact.
         _reconcile(paths, ledger, manifest, writer, mark.since(writer))
-        return _ended(
-            last_run,
-            RunResult(
-                stats,
-                job_id,
-                error,
-                control.interrupted,
-                requests=throttle.counts,
-                job_totals=_job_totals(ledger, job_id),
-                batches=batches,
-            ),
-        )
+        return _ended(last_run, replace(result, job_totals=_job_totals(ledger, job_id)))
 
 
 def _command(config: Config) -> str:

@@ -12,9 +12,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import DEFAULT_OUTPUT, Config
+from ..config import Config
 from ..core.batch import BatchReport
 from ..database.batches import BatchRecord
+from .jobargs import add_database_and_verbose_options, add_output_option
 
 #: Batches listed one per line in the summary; more are counted.
 SHOWN_BATCHES = 20
@@ -37,12 +38,7 @@ def create_batch_cancel_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--output",
-        metavar="PATH",
-        default=DEFAULT_OUTPUT,
-        help=f"the job's JSONL (default {DEFAULT_OUTPUT})",
-    )
+    add_output_option(parser)
     parser.add_argument(
         "--wait",
         type=float,
@@ -51,8 +47,7 @@ def create_batch_cancel_parser() -> argparse.ArgumentParser:
         help="wait up to S seconds for the batches to end (the API takes up to 10 minutes) and "
         "collect them; those still cancelling are collected by the next --resume (default 0)",
     )
-    parser.add_argument("--db-url", metavar="URL", help="postgresql:// URL (env DATABASE_URL)")
-    parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    add_database_and_verbose_options(parser)
     return parser
 
 

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import exit_codes
-from ..config import DEFAULT_OUTPUT, load_environment
+from ..config import load_environment
 from ..core.recovery import QuickCheck
 from ..core.status import Counts, JobStatus, Spend, job_status
 from ..database.batches import BatchRecord
 from ..jobfiles import LastRun
 from ..utils.logging import setup_logging
 from .batch import batch_counts
+from .jobargs import add_database_and_verbose_options, add_output_option
 
 EPILOG = """\
 examples:
@@ -51,14 +52,8 @@ def create_status_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--output",
-        metavar="PATH",
-        default=DEFAULT_OUTPUT,
-        help=f"the job's JSONL (default {DEFAULT_OUTPUT})",
-    )
+    add_output_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
-    parser.add_argument("--db-url", metavar="URL", help="postgresql:// URL (env DATABASE_URL)")
     parser.add_argument(
         "--max-attempts",
         type=int,
@@ -67,7 +62,7 @@ def create_status_parser() -> argparse.ArgumentParser:
         help="failed attempts after which an artist counts as given up, as the runs use "
         "(default 3)",
     )
-    parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    add_database_and_verbose_options(parser)
     return parser
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .. import exit_codes
-from ..config import DEFAULT_OUTPUT, load_environment
+from ..config import load_environment
 from ..core.jsonl import JsonlWriter
 from ..core.ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
 from ..core.lock import RunLock
@@ -23,25 +23,20 @@ from ..errors import UsageError
 from ..jobfiles import JobPaths, Manifest, read_manifest, write_manifest
 from ..models import DatabaseConfig
 from ..utils.logging import setup_logging
+from .jobargs import add_database_and_verbose_options, add_output_option
 
 logger = logging.getLogger(__name__)
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``verify``."""
-    parser.add_argument(
-        "--output",
-        metavar="PATH",
-        default=DEFAULT_OUTPUT,
-        help=f"the job's JSONL (default {DEFAULT_OUTPUT})",
-    )
+    add_output_option(parser)
     parser.add_argument(
         "--repair",
         action="store_true",
         help="cut a torn tail and append committed bios the JSONL lacks (from the database)",
     )
-    parser.add_argument("--db-url", metavar="URL", help="postgresql:// URL (env DATABASE_URL)")
-    parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    add_database_and_verbose_options(parser)
 
 
 def create_verify_parser() -> argparse.ArgumentParser:

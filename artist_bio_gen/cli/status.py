@@ -102,7 +102,7 @@ def status_json(status: JobStatus) -> dict[str, Any]:
             "reachable": db.reachable,
             "error": db.error,
         },
-        "counts": _counts_json(status.counts),
+        "counts": asdict(status.counts),
         "spend": {
             "cost_usd": round(status.spend.cost_usd, 9),
             "unpriced": status.spend.unpriced,
@@ -128,18 +128,6 @@ def status_json(status: JobStatus) -> dict[str, Any]:
         "batches": None if status.batches is None else [_batch_json(b) for b in status.batches],
         "exit_code": status.exit_code,
         "meaning": _result(status),
-    }
-
-
-def _counts_json(counts: Counts) -> dict[str, Any]:
-    return {
-        "done": counts.done,
-        "failed": counts.failed,
-        "given_up": counts.given_up,
-        "remaining": counts.remaining,
-        "input_artists": counts.input_artists,
-        "bad_lines": counts.bad_lines,
-        "input_error": counts.input_error,
     }
 
 

@@ -447,19 +447,26 @@ def test_estimate_rows_is_an_upper_bound_without_the_header(tmp_path: Path) -> N
     assert estimate_rows(path) == 0
 
 
-def test_count_ignored_lines_counts_blank_and_comment_lines_across_blocks(tmp_path: Path) -> None:
-    """The progress total leaves out what the reader skips: blank and ``#`` lines, also
-    where a line start falls on the counter's 1 MiB block boundary."""
-    from artist_bio_gen.core.reader import count_ignored_lines
+def test_count_input_lines_counts_blank_and_comment_lines_across_blocks(tmp_path: Path) -> None:
+    """The progress total leaves out what the reader skips: blank and ``#`` lines, each of
+    a run of blank lines, also where a line start falls on the counter's 1 MiB block
+    boundary; one pass counts the physical lines too."""
+    from artist_bio_gen.core.reader import count_input_lines
+
+    def skipped(data: bytes) -> int | None:
+        path.write_bytes(data)
+        counted = count_input_lines(path)
+        return None if counted is None else counted.skipped
 
     path = tmp_path / "a.csv"
     row = b"00000000-0000-4000-8000-000000000001,A\n"
-    path.write_bytes(b"# first\n" + row + b"\n" + row + b"\r\n# note\n" + row + b"#x")
-    assert count_ignored_lines(path) == 5  # the last line, "#x", has no newline
+    assert skipped(b"# first\n" + row + b"\n" + row + b"\r\n# note\n" + row + b"#x") == 5
+    assert count_input_lines(path) == (8, 5)  # the last line, "#x", has no newline
+    assert skipped(row + b"\n\n\n" + row + b"\r\n\r\n\r\n" + row) == 6  # runs, LF and CRLF
     block = 1 << 20
     filler = b"x" * (block - 1) + b"\n"  # the newline is the block's last byte
-    path.write_bytes(filler + b"# on the boundary\n" + row)
-    assert count_ignored_lines(path) == 1
-    path.write_bytes(row * 3)
-    assert count_ignored_lines(path) == 0
-    assert count_ignored_lines(tmp_path / "missing.csv") == 0
+    assert skipped(filler + b"# on the boundary\n" + row) == 1
+    assert skipped(filler[:-1] + b"\r\n\r\n" + row) == 1  # a blank CRLF line across it
+    assert skipped(filler + b"\n" + row) == 1  # a blank line right after it
+    assert skipped(row * 3) == 0
+    assert count_input_lines(tmp_path / "missing.csv") is None

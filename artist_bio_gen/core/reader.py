@@ -40,7 +40,7 @@ import stat
 import uuid
 from collections.abc import Container, Generator, Iterator
 from types import TracebackType
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from ..errors import (
     InputEncodingError,
@@ -338,49 +338,49 @@ class ArtistReader:
         self.close()
 
 
-def count_lines(path: str | os.PathLike[str]) -> int | None:
-    """The physical lines of the file at ``path``, without parsing it (None when it is not
-    a regular file: a pipe can be read only once, and the run needs it).
+#: A newline that starts a line the reader skips: a ``#`` comment or a blank line. Only the
+#: newline itself is consumed, so runs of blank lines count one by one.
+_SKIPPED_LINE_START = re.compile(rb"\n(?=#|\r?\n)")
 
-    A last line without a newline counts. It reads in large blocks: about 0.02 s per
-    million lines.
-    """
+
+class LineCount(NamedTuple):
+    """The lines of an input file, counted without parsing it."""
+
+    #: Physical lines (a last line without a newline counts).
+    lines: int
+    #: Blank and ``#`` comment lines among them (the reader skips them). A line of spaces
+    #: only, or a ``#`` that starts a line inside a quoted field, is not told apart: the
+    #: figure feeds the progress bar's total, never a decision.
+    skipped: int
+
+
+def count_input_lines(path: str | os.PathLike[str]) -> LineCount | None:
+    """Count the file at ``path`` in one pass of large blocks (about 0.03 s per million
+    lines); None when it is not a regular file: a pipe can be read only once."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None
-        lines = 0
-        last = b"\n"
+        lines = skipped = 0
+        # A virtual newline before the first line; then the last two bytes read, held back
+        # because a newline there is judged by the bytes that follow it.
+        tail = b"\n"
         with open(path, "rb") as handle:
             while block := handle.read(1 << 20):
                 lines += block.count(b"\n")
-                last = block[-1:]
+                data = tail + block
+                tail = data[-2:]
+                skipped += len(_SKIPPED_LINE_START.findall(data))
+                skipped -= len(_SKIPPED_LINE_START.findall(tail))
+        skipped += len(_SKIPPED_LINE_START.findall(tail))
     except OSError:
         return None
-    return lines + (last != b"\n")
+    return LineCount(lines + (not tail.endswith(b"\n")), skipped)
 
 
-def count_ignored_lines(path: str | os.PathLike[str]) -> int:
-    """The blank lines and ``#`` comment lines of the file at ``path`` (the reader skips
-    them), counted in large blocks without parsing: 0 when it is not a regular file.
-
-    A line of spaces only, or a ``#`` inside a quoted field that starts a line, is not told
-    apart: the figure feeds the progress bar's total, never a decision.
-    """
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return 0
-        ignored = 0
-        last = b"\n"  # the file's first line starts after a virtual newline
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                # The previous block's last byte joins this one, so a line start that falls
-                # on the boundary is seen once.
-                joined = last + block
-                ignored += joined.count(b"\n#") + joined.count(b"\n\n") + joined.count(b"\n\r\n")
-                last = block[-1:]
-    except OSError:
-        return 0
-    return ignored
+def count_lines(path: str | os.PathLike[str]) -> int | None:
+    """The physical lines of the file at ``path`` (None when it is not a regular file)."""
+    counted = count_input_lines(path)
+    return None if counted is None else counted.lines
 
 
 def has_header(path: str | os.PathLike[str]) -> bool:

@@ -53,7 +53,7 @@ from .lastrun import LastRunRecorder, run_exit_code
 from .ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
 from .lock import RunLock
 from .processor import OutcomeCallback, Pipeline, RunControl, Tally, process_artists_concurrent
-from .reader import ArtistReader, count_ignored_lines, count_lines, has_header
+from .reader import ArtistReader, LineCount, count_input_lines, has_header
 from .recovery import scan_jsonl
 from .throttle import RequestCounts, Throttle
 from .view import RunView
@@ -455,9 +455,10 @@ def _process(
     cap = config.max_attempts if not config.retry_failed else 10**9
     give_up = _GiveUpFilter(pipeline.previous_attempts, cap, view)
     limit = _ArtistLimit(config.budget.limit)
-    lines = count_lines(config.input_path)
+    counted = count_input_lines(config.input_path)
+    lines = None if counted is None else counted.lines
     view.already_done = len(done)
-    view.to_do = None if lines is None else _to_do(config, lines, done)
+    view.to_do = None if counted is None else _to_do(config, counted, done)
     view.limit = config.budget.limit
     if done or config.resume:
         to_go = "an unknown number" if view.to_do is None else f"about {view.to_do:,}"
@@ -491,11 +492,11 @@ def _process(
     return tally, stats, stopped
 
 
-def _to_do(config: Config, lines: int, done: Collection[str]) -> int:
+def _to_do(config: Config, counted: LineCount, done: Collection[str]) -> int:
     """The artists left to do, estimated from the input's lines less its header, blank and
     comment lines (bad and duplicate lines count as artists until the input is read)."""
-    path = config.input_path
-    return max(0, lines - has_header(path) - count_ignored_lines(path) - len(done))
+    skipped = counted.skipped + has_header(config.input_path)
+    return max(0, counted.lines - skipped - len(done))
 
 
 def _remaining(

@@ -142,6 +142,9 @@ class Config:
     base_url: str | None
     db: DatabaseConfig | None
     max_workers: int = 4
+    #: Worker processes for the online processing (None: ``auto``, see
+    #: ``core/processes.py``; 1: the run's own threads only).
+    processes: int | None = None
     request_timeout: float = 120.0
     max_retries: int = 3
     skip_existing: bool = False
@@ -323,6 +326,7 @@ def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         base_url=layers.get_optional("base_url", "OPENAI_BASE_URL", str),
         db=_database(layers, workers),
         max_workers=workers,
+        processes=_processes(layers),
         request_timeout=_positive(
             "--request-timeout", layers.get("request_timeout", "OPENAI_TIMEOUT", 120.0, float)
         ),
@@ -357,7 +361,46 @@ def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
     )
     _check_runnable(config)
     _check_batch(config, layers)
+    _check_processes(config)
     return config
+
+
+#: The most worker processes ``--processes`` accepts.
+MAX_PROCESSES = 64
+
+
+def parse_processes(text: str) -> int | None:
+    """``auto`` (None) or a count of processes from 1 to ``MAX_PROCESSES``."""
+    if text.strip().lower() == "auto":
+        return None
+    count = int(text)
+    if not 1 <= count <= MAX_PROCESSES:
+        raise ValueError(f"expected auto or 1-{MAX_PROCESSES}, got {text}")
+    return count
+
+
+def _processes(layers: _Layers) -> int | None:
+    given = layers.cli("processes")  # checked by the parser already
+    if given is not None:
+        return parse_processes(given)
+    return layers.environment("WORKER_PROCESSES", parse_processes)
+
+
+def _check_processes(config: Config) -> None:
+    """Several processes share the job through the database's ledger."""
+    if config.processes is None or config.processes == 1 or config.dry_run:
+        return
+    if config.mode != "online":
+        raise UsageError(
+            f"--processes {config.processes} is for online jobs; a batch job's requests run "
+            "at OpenAI, so drop --processes (or pass --processes 1)."
+        )
+    if config.db is None:
+        raise UsageError(
+            f"--processes {config.processes} needs the database (DATABASE_URL or --db-url): "
+            "the worker processes share the job through its ledger. Drop --processes for a "
+            "JSONL-only job."
+        )
 
 
 def _input_path(layers: _Layers, output: Path) -> Path:

@@ -52,6 +52,34 @@ def read_process(pid: int) -> tuple[float, int] | None:
     return (utime + stime) / CLOCK_TICKS, rss_pages * PAGE_SIZE
 
 
+def descendants(pid: int) -> list[int]:
+    """The pids of every process below ``pid`` (its children, theirs, ...), from /proc."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            with open(f"/proc/{parent}/task/{parent}/children", "rb") as handle:
+                kids = [int(field) for field in handle.read().split()]
+        except OSError:
+            continue
+        found += kids
+        todo += kids
+    return found
+
+
+def read_peak_rss(pid: int) -> int | None:
+    """The highest resident size of ``pid`` so far (``VmHWM``), in bytes, or None."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def read_group(comm: bytes) -> dict[int, float]:
     """CPU seconds of every process whose command name is ``comm`` (e.g. ``b"postgres"``)."""
     found: dict[int, float] = {}
@@ -134,6 +162,34 @@ class _Group:
         return self.total
 
 
+@dataclass
+class _Tree:
+    """A process and its descendants sampled as one: CPU accumulates over every process
+    seen (one that exited keeps its last reading), RSS is what the live ones hold now."""
+
+    pid: int
+    cpu: dict[int, float] = field(default_factory=dict)
+    #: Highest ``VmHWM`` seen per descendant (the root's comes from ``wait4``).
+    peaks: dict[int, int] = field(default_factory=dict)
+
+    def read(self) -> tuple[float, int] | None:
+        root = read_process(self.pid)
+        if root is None:
+            return None
+        self.cpu[self.pid] = root[0]
+        rss = root[1]
+        for pid in descendants(self.pid):
+            reading = read_process(pid)
+            if reading is None:
+                continue
+            self.cpu[pid] = reading[0]
+            rss += reading[1]
+            peak = read_peak_rss(pid)
+            if peak is not None:
+                self.peaks[pid] = max(peak, self.peaks.get(pid, 0))
+        return sum(self.cpu.values()), rss
+
+
 class Sampler:
     """Samples watched processes and the machine every ``interval`` seconds in a thread."""
 
@@ -142,6 +198,7 @@ class Sampler:
         self._interval = interval
         self._pids: dict[str, int] = {}
         self._groups: dict[str, _Group] = {}
+        self._trees: dict[str, _Tree] = {}
         self.series: dict[str, Series] = {}
         self.machine: list[MachineSample] = []
         self._lock = threading.Lock()
@@ -154,6 +211,23 @@ class Sampler:
             self._pids[name] = pid
             self.series[name] = Series()
         self._sample_once()
+
+    def watch_tree(self, name: str, pid: int) -> None:
+        """Sample ``pid`` and every process it starts as one series ``name``."""
+        with self._lock:
+            self._trees[name] = _Tree(pid)
+            self.series[name] = Series()
+        self._sample_once()
+
+    def descendants_peak_rss(self, name: str) -> int:
+        """The sum of the peak RSS of every process below the tree ``name``'s root."""
+        tree = self._trees.get(name)
+        return 0 if tree is None else sum(tree.peaks.values())
+
+    def tree_processes(self, name: str) -> int:
+        """How many processes the tree ``name`` had (its root and every descendant seen)."""
+        tree = self._trees.get(name)
+        return 0 if tree is None else 1 + len(tree.peaks)
 
     def watch_group(self, name: str, comm: bytes) -> None:
         """Sample every process named ``comm`` as one series ``name`` (e.g. PostgreSQL)."""
@@ -188,6 +262,10 @@ class Sampler:
         with self._lock:
             for name, pid in self._pids.items():
                 reading = read_process(pid)
+                if reading is not None:
+                    self.series[name].samples.append(ProcSample(now, *reading))
+            for name, tree in self._trees.items():
+                reading = tree.read()
                 if reading is not None:
                     self.series[name].samples.append(ProcSample(now, *reading))
             for name, group in self._groups.items():

@@ -96,7 +96,7 @@ def throughput_verdicts(result: ThroughputResult) -> list[Verdict]:
             )
         )
     if result.workers == 1024:
-        peak = result.run.measured.usage.peak_rss
+        peak = result.run.measured.peak_rss
         verdicts.append(
             Verdict(f"1  peak RSS {name}", _mib(peak), "< 300 MB", peak < RSS_LIMIT_AT_1024)
         )
@@ -273,7 +273,8 @@ def throughput_details(result: ThroughputResult) -> str:
         f"{window.seconds:.0f} s; first request {first_text}; "
         f"server saw {measured.server_stats.concurrent_max} concurrent"
         f"{f'; {run.failed} artists failed' if run.failed else ''}\n"
-        f"    tool peak RSS {_mib(measured.usage.peak_rss)}; steady-state CPU: tool "
+        f"    tool ({measured.processes} process{'es' if measured.processes > 1 else ''}) "
+        f"peak RSS {_mib(measured.peak_rss)}; steady-state CPU: tool "
         f"{load.child_cores:.2f} cores ({cpu_ms * 1e3:.2f} ms/artist), {_load_text(load)}\n"
         f"    time per artist beyond L (transaction log): median "
         f"{run.beyond_latency(0.5) * 1e3:.1f} ms, p90 {run.beyond_latency(0.9) * 1e3:.1f} ms, "

@@ -215,7 +215,7 @@ def _combine(samples: list[_Sample]) -> LoopFigures:
         total_cpu_per_artist=sum(s.measured.usage.cpu for s in samples)
         / sum(s.count for s in samples),
         load=_mean_load(loads),
-        peak_rss=max(s.measured.usage.peak_rss for s in samples),
+        peak_rss=max(s.measured.peak_rss for s in samples),
     )
 
 
@@ -346,8 +346,8 @@ def memory_flat(
         workers,
         small,
         large,
-        small_run.measured.usage.peak_rss,
-        large_run.measured.usage.peak_rss,
+        small_run.measured.peak_rss,
+        large_run.measured.peak_rss,
         _rss_at(large_run, large // 2),
         _rss_at(large_run, large),
     )
@@ -410,7 +410,7 @@ def _resume_once(
         new=new,
         time_to_first_request=measured.first_request - measured.spawned,
         wall=measured.ended - measured.spawned,
-        peak_rss=measured.usage.peak_rss,
+        peak_rss=measured.peak_rss,
     )
     return run, plan, setup
 

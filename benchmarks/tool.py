@@ -39,8 +39,20 @@ class Measured:
 
     @property
     def child(self) -> Series:
-        """Samples of the measured process."""
+        """Samples of the measured process and its worker processes together."""
         return self.sampler.series["child"]
+
+    @property
+    def peak_rss(self) -> int:
+        """Peak RSS of the whole run: the measured process's (``wait4``) plus each of its
+        worker processes' (``VmHWM``). Peaks at different moments are added: an upper
+        bound."""
+        return self.usage.peak_rss + self.sampler.descendants_peak_rss("child")
+
+    @property
+    def processes(self) -> int:
+        """Processes of the measured run (1 + its worker processes)."""
+        return self.sampler.tree_processes("child")
 
     @property
     def server(self) -> Series:
@@ -84,7 +96,8 @@ def run_measured(
         sampler.watch_group("postgres", b"postgres")
         spawned, spawned_mono = time.time(), time.monotonic()
         proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=err, stderr=err)
-        sampler.watch("child", proc.pid)
+        # The tool and its worker processes (``--processes``), as one.
+        sampler.watch_tree("child", proc.pid)
         usage = wait_child(proc.pid)
         proc.returncode = usage.returncode  # reaped by wait4; keep Popen from waiting again
         ended = time.time()

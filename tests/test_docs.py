@@ -561,8 +561,15 @@ def _resolve(
     return config.resolve_config(parsed, {**BASE_ENV, **(env or {})})
 
 
+#: Options whose valid values no rule below finds.
+SAMPLE_VALUES = {"--processes": "2"}
+
+
 def _sample(action: argparse.Action, default: object) -> str:
     """A valid value of ``action`` other than its default."""
+    for option in action.option_strings:
+        if option in SAMPLE_VALUES:
+            return SAMPLE_VALUES[option]
     if action.choices:
         return next(str(c) for c in action.choices if str(c) != str(default))
     if action.type is int:

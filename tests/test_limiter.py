@@ -872,3 +872,69 @@ def test_eight_real_threads_at_600_rpm_go_about_10_a_second() -> None:
     late = [t for t in times if 1.0 <= t < 3.0]
     assert 17 <= len(late) <= 23  # about 10 a second after the first second's burst
     assert len([t for t in times if t < 3.0]) <= 10 + 30 + 2
+
+
+def test_a_half_share_of_a_600_rpm_cap_lets_5_go_at_once_then_5_per_second() -> None:
+    """A run of two processes gives each limiter half of the caps (``share``)."""
+    clock = FakeClock()
+    times = times_of(clock, limiter(clock, rpm=600, share=0.5), 20)
+    assert times[:5] == [0.0] * 5
+    assert times[5:] == pytest.approx([0.2 * k for k in range(1, 16)])
+
+
+def test_two_limiters_with_half_shares_keep_a_cap_together() -> None:
+    """Two processes of one run, each with its own limiter and half of ``--rpm 600``: 10
+    requests a second together, as one process would send (whole shares would send 20)."""
+    clock = FakeClock()
+    halves = [limiter(clock, rpm=600, learn=False, share=0.5) for _ in range(2)]
+    sent: list[float] = []
+    lock = threading.Lock()
+
+    def work(index: int) -> None:
+        while clock.monotonic() - START < 60.0:
+            halves[index % 2].acquire()
+            with lock:
+                sent.append(clock.monotonic() - START)
+            clock.sleep(0.5)
+
+    run_workers(clock, 40, work)
+    assert pace(sent, 10.0, 60.0) == pytest.approx(10.0, rel=0.02)
+
+
+def test_two_limiters_with_half_shares_keep_a_learned_limit_together() -> None:
+    """Two processes of one run, each with its own limiter and half a share, against one
+    account: no 429, the reserve kept, and together the account's refill rate (each also
+    reads what the other took from the headers, as it would another client's)."""
+    clock = FakeClock()
+    halves = [limiter(clock, threshold=0.8, burst_seconds=60, share=0.5) for _ in range(2)]
+    account = FakeAccount(clock, rpm=600)
+
+    def request(limiter_: RateLimiter) -> None:
+        permit = limiter_.acquire()
+        admitted = account.admit(permit.tokens)
+        said = account.headers()
+        clock.sleep(1.0)
+        if admitted:
+            limiter_.observe(permit, said, 100)
+        else:
+            limiter_.rate_limited(permit, said, None)
+
+    def work(index: int) -> None:
+        while clock.monotonic() - START < 120.0:
+            request(halves[index % 2])
+
+    for half in halves:  # each process's canary
+        request(half)
+    run_workers(clock, 40, work)
+    assert account.rejected == 0
+    # Each sees the other's requests only through the headers, about a second late (as
+    # with another client of the account): a few requests under the reserve at most.
+    assert account.lowest_since(60.0) >= 0.2 * 600 - 10 * (1 + 1 + 0.2)
+    assert pace(account.admitted, 60.0, 120.0) == pytest.approx(10.0, rel=0.05)
+
+
+def test_a_share_must_be_a_fraction() -> None:
+    with pytest.raises(ValueError, match="share"):
+        LimiterSettings(share=0.0)
+    with pytest.raises(ValueError, match="share"):
+        LimiterSettings(share=1.5)

@@ -161,6 +161,10 @@ class LimiterSettings:
     initial_tokens: int = 1000
     #: Seconds' worth of a per-minute rate (cap or learned) that may go at once.
     burst_seconds: float = 1.0
+    #: This limiter's part of the caps and of the learned limits: a run of several
+    #: processes gives each process an equal share (its own limiter), so that together
+    #: they keep to the limits; 1 for a run of one process.
+    share: float = 1.0
 
     def __post_init__(self) -> None:
         _check_rate("rpm", self.rpm)
@@ -173,6 +177,8 @@ class LimiterSettings:
             raise ValueError(f"initial_tokens must be at least 1 (got {self.initial_tokens})")
         if not 0 < self.burst_seconds <= 60:
             raise ValueError(f"burst_seconds must be in (0, 60] (got {self.burst_seconds})")
+        if not 0 < self.share <= 1:
+            raise ValueError(f"share must be in (0, 1] (got {self.share})")
 
 
 class PauseTooLong(ArtistBioGenError):
@@ -291,8 +297,11 @@ class _Bucket:
 class _Learned:
     """One of the account's limits as the headers describe it (no buckets until known)."""
 
-    def __init__(self, kind: str, threshold: float, burst_seconds: float) -> None:
+    def __init__(
+        self, kind: str, threshold: float, burst_seconds: float, share: float = 1.0
+    ) -> None:
         self.kind = kind
+        self._share = share
         self.reported = Bucket()  # the headers last applied
         self.minute: _Bucket | None = None
         self.burst: _Bucket | None = None
@@ -320,12 +329,14 @@ class _Learned:
             return
         self._seq = seq
         self.reported = reported
-        capacity = float(limit)
+        # The account's limit and what remained of it are the whole run's; this limiter
+        # paces its share of them (the other processes see the same headers).
+        capacity = float(limit) * self._share
+        left = remaining * self._share
         rate = capacity / 60.0
         reserve = (1.0 - self._threshold) * capacity
         level = min(
-            min(capacity, remaining + rate * max(0.0, refill)) - charges
-            for refill, charges in views
+            min(capacity, left + rate * max(0.0, refill)) - charges for refill, charges in views
         )
         level = max(-capacity, level)
         if self.minute is None:
@@ -361,6 +372,7 @@ def _caps(settings: LimiterSettings) -> list[tuple[str, str, _Bucket]]:
     caps = []
     for kind, per_minute in ((_REQUESTS, settings.rpm), (_TOKENS, settings.tpm)):
         if per_minute is not None:
+            per_minute *= settings.share
             size = per_minute * settings.burst_seconds / 60.0
             bucket = _Bucket(size, per_minute / 60.0, level=size)
             caps.append((f"the client's {kind}-per-minute cap", kind, bucket))
@@ -390,7 +402,7 @@ class RateLimiter:
         self._open: set[int] = set()  # turns taken and not yet reported on
         self._caps = _caps(settings)
         self._learned = {
-            kind: _Learned(kind, settings.threshold, settings.burst_seconds)
+            kind: _Learned(kind, settings.threshold, settings.burst_seconds, settings.share)
             for kind in (_REQUESTS, _TOKENS)
         }
         # For reading headers: what the turns taken so far were charged, in the order they

@@ -23,10 +23,12 @@ from .. import exit_codes
 from ..api.request import SERVICE_TIERS
 from ..config import (
     DEFAULT_OUTPUT,
+    MAX_PROCESSES,
     MODES,
     Config,
     load_environment,
     parse_bool,
+    parse_processes,
     report_path,
     resolve_config,
 )
@@ -60,6 +62,10 @@ EXAMPLES = """\
 examples:
   # start a job (bios go to PostgreSQL at DATABASE_URL and to out.jsonl)
   artist-bio-gen --input artists.csv --prompt-id pmpt_123 --max-workers 16
+
+  # a big job: 512 workers spread over worker processes (auto: one per 128 workers, at
+  # most one per CPU; --processes N sets the count)
+  artist-bio-gen --input artists.csv --prompt-id pmpt_123 --max-workers 512
 
   # continue the job of out.jsonl after a crash, a kill or from cron
   artist-bio-gen --resume
@@ -280,6 +286,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="concurrent artists (env MAX_WORKERS; default 4)",
     )
     group.add_argument(
+        "--processes",
+        type=_processes_arg,
+        metavar="N|auto",
+        help="worker processes, each with its own share of the workers: auto (the default) "
+        "uses one per 128 workers, at most one per CPU, and one for fewer than 2,000 artists "
+        "(env WORKER_PROCESSES)",
+    )
+    group.add_argument(
         "--fsync-interval",
         type=float,
         metavar="S",
@@ -429,6 +443,17 @@ def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --resume: answer the artists no open batch holds with online requests "
         "(full price) instead of new batches",
     )
+
+
+def _processes_arg(text: str) -> str:
+    """``--processes``: checked here, resolved (with the environment) in ``config.py``."""
+    try:
+        parse_processes(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto or a number of processes from 1 to {MAX_PROCESSES}, got {text!r}"
+        ) from None
+    return text
 
 
 def _bool_arg(text: str) -> bool:

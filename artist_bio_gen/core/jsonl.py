@@ -333,6 +333,15 @@ class JsonlWriter:
         self.appended_lines += lines
         self.appended_bytes += len(data)
 
+    def release_hold(self) -> None:
+        """Take the cross-process append lock per write from now on (worker processes
+        are about to append to the same file)."""
+        with self._thread_lock:
+            if self._held:
+                self._held = False
+                self._known_size = None
+                self._file_lock.release()
+
     def freeze(self, timeout: float = 5.0) -> None:
         """Take the in-process lock for good, so no thread is mid-line when the process ends.
 

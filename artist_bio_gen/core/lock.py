@@ -48,6 +48,14 @@ class RunLock:
             ) from None
         return self
 
+    def fileno(self) -> int | None:
+        """The locked descriptor (None when not known): a worker process that inherits it
+        keeps the job locked for as long as it lives, whatever happens to this process."""
+        # filelock keeps the descriptor in its per-thread context; it has no public name.
+        context = getattr(self._lock, "_context", None)
+        fd = getattr(context, "lock_file_fd", None)
+        return fd if isinstance(fd, int) else None
+
     def _holder(self) -> str:
         try:
             return self.path.read_text(encoding="utf-8").split()[0]

@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -77,9 +77,12 @@ class Pipeline:
 class RunControl:
     """Stop flags shared by the main thread, the workers and the signal handlers."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_error: Callable[[ArtistBioGenError], None] | None = None) -> None:
+        """``on_error`` receives the run's first systemic error instead of the log (a worker
+        process hands it to the run's process, which logs it once)."""
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._on_error = on_error
         self.error: ArtistBioGenError | None = None
         self.interrupted = False
         self._emergency_hooks: list[Callable[[], None]] = []
@@ -101,6 +104,10 @@ class RunControl:
         """True once nothing new may start."""
         return self._stop.is_set()
 
+    def wait_stopping(self, timeout: float | None = None) -> bool:
+        """Wait until the run is told to stop (or ``timeout``); True once it is."""
+        return self._stop.wait(timeout)
+
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds``, or less when the run is told to stop meanwhile."""
         self._stop.wait(max(0.0, seconds))
@@ -108,9 +115,14 @@ class RunControl:
     def abort(self, error: ArtistBioGenError) -> None:
         """Stop the run because of a systemic error (the first one is kept)."""
         with self._lock:
-            if self.error is None:
+            first = self.error is None
+            if first:
                 self.error = error
+        if first:
+            if self._on_error is None:
                 logger.error("%s", error)
+            else:
+                self._on_error(error)
         self._stop.set()
 
     def interrupt(self) -> None:
@@ -334,7 +346,7 @@ class _Window:
     there are workers, and the feeder wakes after at most an eighth of them (``wake_batch``).
     """
 
-    executor: ThreadPoolExecutor
+    executor: Executor
     #: Finished futures not collected yet (``deque`` appends and pops are thread-safe).
     done: deque[Future[Outcome]] = field(default_factory=deque)
     in_flight: int = 0
@@ -392,9 +404,14 @@ def process_artists_concurrent(
     shutdown_grace: float = 30.0,
     failure_streak_limit: int | None = None,
     tally: Tally | None = None,
+    executor: Executor | None = None,
 ) -> Tally:
     """Process ``artists`` with ``max_workers`` threads; returns the tally (``tally``, when
     given, is the one counted into: a progress display may read it meanwhile).
+
+    ``executor`` runs the tasks instead of a pool of ``max_workers`` threads of this
+    process (``core/processes.py``: worker processes); the window, the canary, the stop
+    flags and the grace period are the same.
 
     Returns early when ``control`` stops (systemic error or signal); in-flight artists get
     up to ``shutdown_grace`` seconds to finish after a signal. Artists still running after
@@ -407,7 +424,7 @@ def process_artists_concurrent(
         process_artist,
         pipeline,
         control,
-        _WindowOptions(max_workers, on_outcome, shutdown_grace, streak_limit),
+        _WindowOptions(max_workers, on_outcome, shutdown_grace, streak_limit, executor),
         tally if tally is not None else Tally(),
     )
 
@@ -442,6 +459,8 @@ class _WindowOptions:
     shutdown_grace: float
     #: Identical failures in a row that stop the run (None: never).
     streak_limit: int | None
+    #: Runs the tasks (None: a thread pool of ``max_workers``, shut down at the end).
+    executor: Executor | None = None
 
 
 def _run_window(
@@ -452,7 +471,9 @@ def _run_window(
     options: _WindowOptions,
     tally: Tally,
 ) -> Tally:
-    executor = ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="artist")
+    executor = options.executor or ThreadPoolExecutor(
+        max_workers=options.max_workers, thread_name_prefix="artist"
+    )
     window = _Window(executor)
     feeder = _Feeder(
         window, pipeline, control, tally, options.on_outcome, options.streak_limit, task
@@ -472,7 +493,7 @@ def _run_window(
     return tally
 
 
-def _shut_down(executor: ThreadPoolExecutor, window: _Window, tally: Tally) -> None:
+def _shut_down(executor: Executor, window: _Window, tally: Tally) -> None:
     """Stop the pool; what is still running when the grace period ran out is abandoned.
 
     Running workers are not waited for then. Queued artists never started: the shutdown

@@ -26,36 +26,40 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Protocol, TypeVar
 
 from ..api.batches import BatchApi
-from ..api.call import CallOptions
-from ..api.client import ClientPool, create_client_pool, create_openai_client
-from ..api.limiter import LimiterSettings, RateLimiter
-from ..api.pricing import Price, price_for
+from ..api.client import create_openai_client
 from ..config import Config
 from ..database.batches import BatchStore
-from ..database.connection import create_db_connection_pool, describe_database
-from ..database.schema import ensure_ledger, inspect_target_table
-from ..database.store import BioStore, JobTotals
+from ..database.connection import describe_database
+from ..database.store import JobTotals
 from ..errors import ArtistBioGenError, LimitReachedError, UsageError
 from ..jobfiles import JobPaths, Manifest, write_manifest
 from ..models import ArtistData, ProcessingStats
 from ..utils.logging import TransactionLog
 from ..utils.uuidset import UuidSet
+from .assembly import (
+    call_options,
+    closing,
+    open_clients,
+    open_ledger,
+    open_throttle,
+    price_override,
+)
 from .batch import BatchReport, BatchRun, run_batch
 from .batch_parts import BatchParts
-from .budget import CostBudget, DailyBudget, UsageStore, utc_today
+from .budget import utc_today
 from .failures import FailureLog, batch_failures, count_attempts
 from .job import decide_job
 from .jsonl import JsonlWriter
 from .lastrun import LastRunRecorder, run_exit_code
-from .ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
+from .ledger import DatabaseLedger, Ledger
 from .lock import RunLock
+from .processes import WorkerProcesses
 from .processor import OutcomeCallback, Pipeline, RunControl, Tally, process_artists_concurrent
 from .reader import ArtistReader, LineCount, count_input_lines, has_header
 from .recovery import scan_jsonl
-from .throttle import RequestCounts, Throttle
+from .throttle import RequestCounts
 from .view import RunView
 
 logger = logging.getLogger(__name__)
@@ -108,10 +112,6 @@ def _started(view: RunView, on_start: StartCallback | None) -> Callable[[int], N
     return started
 
 
-class _Closable(Protocol):
-    def close(self) -> None: ...
-
-
 def run_job(
     config: Config,
     control: RunControl,
@@ -130,7 +130,7 @@ def run_job(
     _check_output_location(paths)
     _check_transaction_log(config.transaction_log)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(RunLock(paths.run_lock))
+        lock = stack.enter_context(RunLock(paths.run_lock))
         start = decide_job(config, paths)
         job_id = start.manifest.job_id
         # Entered after the lock, so the run's end is recorded before the lock is let go.
@@ -139,24 +139,24 @@ def run_job(
             last_run.started(job_id)
         ArtistReader(config.input_path).close()  # a missing or unreadable input fails here
         ledger = _open_ledger(config, paths, job_id, stack)
-        writer = _closing(stack, _open_writer(config, paths))
+        writer = closing(stack, _open_writer(config, paths))
         control.on_emergency(writer.freeze)
         control.on_emergency(last_run.interrupted_now)
         if start.new:
             write_manifest(paths, start.manifest)
             last_run.started(job_id)
             logger.info("started job %s", job_id)
-        failures = _closing(stack, FailureLog(paths.failures, job_id))
-        txlog = _closing(
+        failures = closing(stack, FailureLog(paths.failures, job_id))
+        txlog = closing(
             stack, TransactionLog(config.transaction_log or paths.transaction_log, job_id)
         )
         manifest = _reconcile(paths, ledger, start.manifest, writer, None)
         mark = _Mark.of(writer)
         done = _done_ids(paths, manifest, ledger)
-        throttle = _closing(stack, _throttle(config, ledger.usage(job_id), control, today))
+        throttle = closing(stack, open_throttle(config, ledger.usage(job_id), control, today))
         pipeline = Pipeline(
             settings=config.prompt,
-            client=_closing(stack, _clients(config)),
+            client=closing(stack, open_clients(config, config.max_workers)),
             ledger=ledger,
             writer=writer,
             failures=failures,
@@ -164,16 +164,27 @@ def run_job(
             skip_existing=config.skip_existing,
             api_key=config.api_key,
             previous_attempts=count_attempts(paths.failures, job_id),
-            call=_call_options(config, throttle),
+            call=call_options(config, throttle),
         )
         batches: BatchReport | None = None
+        processes: WorkerProcesses | None = None
         view = RunView(job_id, already_done=len(done), requests=throttle.counts)
         if config.mode == "batch":
             parts = _batch_parts(config, paths, ledger, pipeline, control, done, stack)
             batch = _batch(parts, on_outcome, _started(view, on_start), today)
             tally, stats, error, batches = batch.tally, batch.stats, batch.error, batch.report
         else:
-            run = _Processing(config, pipeline, control, on_outcome, on_start, view)
+            processes = WorkerProcesses(
+                config,
+                job_id,
+                control,
+                writer=writer,
+                lock=lock,
+                previous_attempts=pipeline.previous_attempts,
+                requests=throttle.counts,
+            )
+            stack.callback(processes.close)
+            run = _Processing(config, pipeline, control, on_outcome, on_start, view, processes)
             tally, stats, error = _process(run, done)
         result = RunResult(
             stats, job_id, error, control.interrupted, requests=throttle.counts, batches=batches
@@ -181,8 +192,11 @@ def run_job(
         if tally.abandoned:
             left = _leave_running(stack, writer, tally.abandoned)
             return _ended(last_run, replace(result, left_running=left))
+        appended: tuple[int, int] | None = mark.since(writer)
+        if processes is not None and appended is not None:
+            appended = processes.appended(appended)  # once every worker process has exited
         # Quiet now (no worker can append), so the checkpoint is exact.
-        _reconcile(paths, ledger, manifest, writer, mark.since(writer))
+        _reconcile(paths, ledger, manifest, writer, appended)
         return _ended(last_run, replace(result, job_totals=_job_totals(ledger, job_id)))
 
 
@@ -220,7 +234,7 @@ def _batch_parts(
         config=config,
         job_id=job_id,
         paths=paths,
-        api=_closing(stack, BatchApi(client, config.api_key)),
+        api=closing(stack, BatchApi(client, config.api_key)),
         store=BatchStore(ledger.store, job_id),
         bios=ledger.store,
         pipeline=replace(pipeline, previous_attempts=attempts),
@@ -230,7 +244,7 @@ def _batch_parts(
         recorded_failures=batch_failures(paths.failures, job_id),
         usage=ledger.usage(job_id),
         totals=lambda: _job_totals(ledger, job_id),
-        price=_price_override(config),
+        price=price_override(config),
         on_outcome=None,
         today=lambda: utc_today(),
     )
@@ -268,88 +282,20 @@ def _check_transaction_log(path: Path | None) -> None:
         raise UsageError(f"--transaction-log '{path}' must be a file in an existing directory.")
 
 
-C = TypeVar("C", bound=_Closable)
-
-
-def _closing(stack: contextlib.ExitStack, resource: C) -> C:
-    """Close ``resource`` when the run ends; a failing close cannot cost a committed bio."""
-
-    def close() -> None:
-        with contextlib.suppress(Exception):
-            resource.close()
-
-    stack.callback(close)
-    return resource
-
-
 def _open_ledger(
     config: Config, paths: JobPaths, job_id: str, stack: contextlib.ExitStack
 ) -> Ledger:
     if config.db is None:
         logger.warning('no database configured: writing the JSONL only (db_status "null")')
-        return JsonlOnlyLedger(paths.output)
-    where = describe_database(config.db.url)
-    pool = _closing(stack, create_db_connection_pool(config.db))
-    table = inspect_target_table(pool, config.db.table, where)
-    ensure_ledger(pool, where)
-    logger.info("writing bios to table %s in %s", config.db.table, where)
-    store = BioStore(pool, config.db, table)
-    return DatabaseLedger(store, config.job_ref(job_id), keep_existing=config.skip_existing)
+    ledger = open_ledger(config, paths.output, job_id, stack)
+    if config.db is not None:
+        where = describe_database(config.db.url)
+        logger.info("writing bios to table %s in %s", config.db.table, where)
+    return ledger
 
 
 def _open_writer(config: Config, paths: JobPaths) -> JsonlWriter:
     return JsonlWriter(paths.output, fsync_interval=config.fsync_interval, hold_lock=True)
-
-
-def _clients(config: Config) -> ClientPool:
-    # The SDK's own retries are off: api/call.py owns the loop (429s slow the whole run).
-    return create_client_pool(
-        config.api_key,
-        config.base_url,
-        workers=config.max_workers,
-        timeout=config.request_timeout,
-        max_retries=0,
-    )
-
-
-def _price_override(config: Config) -> Price | None:
-    budget = config.budget
-    if budget.price_input is None or budget.price_output is None:
-        return None
-    return Price(budget.price_input, budget.price_output)
-
-
-def _throttle(
-    config: Config, usage: UsageStore, control: RunControl, today: Callable[[], date]
-) -> Throttle:
-    quota, budget = config.quota, config.budget
-    limiter = RateLimiter(
-        LimiterSettings(
-            rpm=quota.rpm,
-            tpm=quota.tpm,
-            learn=quota.monitoring,
-            threshold=quota.threshold,
-            max_pause=quota.pause_hours * 3600,
-        )
-    )
-    return Throttle(
-        limiter,
-        DailyBudget(usage, budget.daily_limit, today=today),
-        CostBudget(budget.max_cost),
-        price=price_for(config.prompt.model, override=_price_override(config)),
-        stopping=lambda: control.stopping,
-        log_interval=quota.log_interval,
-        max_pause=quota.pause_hours * 3600,
-    )
-
-
-def _call_options(config: Config, throttle: Throttle) -> CallOptions:
-    return CallOptions(
-        max_retries=config.max_retries,
-        service_tier=config.service_tier,
-        price=_price_override(config),
-        pacer=throttle,
-    )
 
 
 def _reconcile(
@@ -445,6 +391,8 @@ class _Processing:
     on_outcome: OutcomeCallback | None
     on_start: StartCallback | None
     view: RunView
+    #: Starts worker processes for the artists to do, when the run needs them.
+    processes: WorkerProcesses | None = None
 
 
 def _process(
@@ -466,6 +414,7 @@ def _process(
     view.started = time.monotonic()
     if run.on_start is not None:
         run.on_start(view)
+    pool = None if run.processes is None else run.processes(view.to_do)
     with ArtistReader(config.input_path, skip_ids=done) as reader:
         tally = process_artists_concurrent(
             limit(give_up(reader)),
@@ -475,6 +424,7 @@ def _process(
             on_outcome=run.on_outcome,
             shutdown_grace=config.shutdown_grace,
             tally=view.tally,
+            executor=pool,
         )
         stats = _stats(reader, tally, view.elapsed, give_up.given_up)
         stats = stats._replace(remaining=_remaining(reader, stats, lines, len(done)))

@@ -150,3 +150,21 @@ def test_every_worker_gets_a_connection_at_once(fake_openai: FakeOpenAI) -> None
     assert arrived and in_flight == workers
     assert pinned == [25, 25, 25, 25]
     assert texts == [bio_for(a.name) for a in artists]
+
+
+def test_a_lazy_pool_creates_its_clients_on_first_use_only() -> None:
+    from artist_bio_gen.api.client import LazyClientPool, create_client_pool
+
+    made: list[int] = []
+
+    def factory():  # type: ignore[no-untyped-def]
+        made.append(1)
+        return create_client_pool("sk-test", "http://127.0.0.1:9", workers=4)
+
+    unused = LazyClientPool(factory)
+    unused.close()
+    assert made == []  # a run whose workers are other processes creates no client
+    used = LazyClientPool(factory)
+    first = used.client()
+    assert used.client() is first and len(used) == 1 and made == [1]
+    used.close()

@@ -11,7 +11,7 @@ import logging
 import math
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -148,6 +148,43 @@ class ClientPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class LazyClientPool(ClientPool):
+    """A ``ClientPool`` whose clients are created by ``factory`` on the first ``client()``.
+
+    A run that hands its artists to worker processes never calls the API itself: it then
+    spends neither the SDK's import (about half a second and 25 MB) nor the clients' memory.
+    """
+
+    def __init__(self, factory: Callable[[], ClientPool]) -> None:
+        self._factory = factory
+        self._pool: ClientPool | None = None
+        self._create_lock = threading.Lock()
+
+    def _real(self) -> ClientPool:
+        with self._create_lock:
+            if self._pool is None:
+                self._pool = self._factory()
+            return self._pool
+
+    @property
+    def clients(self) -> tuple[openai.OpenAI, ...]:
+        return self._real().clients
+
+    def __len__(self) -> int:
+        return len(self._real())
+
+    def client(self) -> openai.OpenAI:
+        return self._real().client()
+
+    def pinned(self) -> list[int]:
+        return self._real().pinned()
+
+    def close(self) -> None:
+        with self._create_lock:
+            if self._pool is not None:
+                self._pool.close()
 
 
 def create_client_pool(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from ..api.call import CallOptions
-from ..api.client import ClientPool, create_client_pool
+from ..api.client import ClientPool, LazyClientPool, create_client_pool
 from ..api.limiter import LimiterSettings, RateLimiter
 from ..api.pricing import Price, price_for
 from ..config import Config
@@ -66,16 +66,21 @@ def open_ledger(
     return DatabaseLedger(store, config.job_ref(job_id), keep_existing=config.skip_existing)
 
 
-def open_clients(config: Config, workers: int) -> ClientPool:
-    """One SDK client per worker thread."""
-    # The SDK's own retries are off: api/call.py owns the loop (429s slow the whole run).
-    return create_client_pool(
-        config.api_key,
-        config.base_url,
-        workers=workers,
-        timeout=config.request_timeout,
-        max_retries=0,
-    )
+def open_clients(config: Config, workers: int, *, lazy: bool = False) -> ClientPool:
+    """The SDK clients of ``workers`` threads (``lazy``: created on first use, so a run
+    whose artists all go to worker processes creates none)."""
+
+    def create() -> ClientPool:
+        # The SDK's own retries are off: api/call.py owns the loop (429s slow the whole run).
+        return create_client_pool(
+            config.api_key,
+            config.base_url,
+            workers=workers,
+            timeout=config.request_timeout,
+            max_retries=0,
+        )
+
+    return LazyClientPool(create) if lazy else create()
 
 
 def price_override(config: Config) -> Price | None:

@@ -297,6 +297,8 @@ class ProcessPool(Executor):
                     self._events(child, message[1], message[2])
                 elif message[0] == "done":
                     child.end = message[1]
+                    child.requests = child.end.requests
+                    self._add_up_requests()
         except (EOFError, OSError):
             pass
         self._gone(child)
@@ -319,8 +321,11 @@ class ProcessPool(Executor):
         self._add_up_requests()
 
     def _add_up_requests(self) -> None:
-        for name in (f.name for f in dataclasses.fields(RequestCounts)):
-            setattr(self._requests, name, sum(getattr(c.requests, name) for c in self._children))
+        # Under the lock: two receivers adding up at once could leave an older sum last.
+        with self._lock:
+            for name in (f.name for f in dataclasses.fields(RequestCounts)):
+                total = sum(getattr(child.requests, name) for child in self._children)
+                setattr(self._requests, name, total)
 
     def _gone(self, child: _Child) -> None:
         """The child's socket closed: settle what it still had; an unexpected end stops

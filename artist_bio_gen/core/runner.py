@@ -156,7 +156,7 @@ def run_job(
         throttle = closing(stack, open_throttle(config, ledger.usage(job_id), control, today))
         pipeline = Pipeline(
             settings=config.prompt,
-            client=closing(stack, open_clients(config, config.max_workers)),
+            client=closing(stack, open_clients(config, config.max_workers, lazy=True)),
             ledger=ledger,
             writer=writer,
             failures=failures,

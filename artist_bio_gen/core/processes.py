@@ -37,6 +37,7 @@ import itertools
 import logging
 import math
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -402,8 +403,6 @@ def _not_started(artist: ArtistData) -> Outcome:
 
 def picklable_error(error: ArtistBioGenError) -> ArtistBioGenError:
     """``error``, or a ``RunAbortedError`` with its message when it cannot cross a socket."""
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(error))
     except Exception:

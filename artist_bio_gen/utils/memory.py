@@ -52,7 +52,9 @@ def release_free_memory() -> bool:
 class PeriodicRelease:
     """Calls ``release_free_memory`` once every ``every`` calls of ``tick``."""
 
-    def __init__(self, every: int, release: Callable[[], object] = release_free_memory):
+    def __init__(self, every: int, release: Callable[[], object] | None = None):
+        """``release`` defaults to this module's ``release_free_memory`` (looked up at each
+        call, so a test can stand in for it)."""
         self._every = max(1, every)
         self._release = release
         self._count = 0
@@ -61,4 +63,4 @@ class PeriodicRelease:
         """Count one event (a settled artist); release at every ``every``-th."""
         self._count += 1
         if self._count % self._every == 0:
-            self._release()
+            (self._release or release_free_memory)()

@@ -27,6 +27,7 @@ import pytest
 from artist_bio_gen import exit_codes
 from artist_bio_gen.api.client import create_client_pool
 from artist_bio_gen.api.request import PromptSettings
+from artist_bio_gen.core import processor as processor_module
 from artist_bio_gen.core.failures import FailureLog
 from artist_bio_gen.core.jsonl import JsonlWriter
 from artist_bio_gen.core.ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
@@ -48,6 +49,7 @@ from artist_bio_gen.errors import (
 )
 from artist_bio_gen.failure_codes import counts_towards_cap, stops_run
 from artist_bio_gen.models import ArtistData, DatabaseConfig, JobRef, Outcome
+from artist_bio_gen.utils import memory
 from artist_bio_gen.utils.logging import TransactionLog
 
 from .support.checks import assert_mirror, read_jsonl
@@ -326,6 +328,22 @@ def test_the_window_bounds_requests_in_flight_and_input_read_ahead(
     records = read_jsonl(run.output)
     assert sorted(r["artist_id"] for r in records) == sorted(a.artist_id for a in artists)
     assert {r["db_status"] for r in records} == {"null"}
+
+
+def test_the_feeder_releases_free_memory_every_release_every_outcomes(
+    make_run: MakeRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feeder hands the heap's free pages back once per ``RELEASE_EVERY`` outcomes (see
+    ``utils/memory.py``), so RSS does not creep up with the number of artists."""
+    calls: list[int] = []
+    monkeypatch.setattr(processor_module, "RELEASE_EVERY", 4)
+    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1) or True)
+    run = make_run(3, db=False)
+
+    tally = run.go(make_artists(18, seed=901), workers=3)
+
+    assert tally.committed == 18
+    assert len(calls) == 18 // 4
 
 
 # -- the failure streak -----------------------------------------------------------------------

@@ -6,6 +6,7 @@ import itertools
 import os
 import random
 import time
+import tracemalloc
 import uuid
 
 import pytest
@@ -133,6 +134,29 @@ def test_grows_by_doubling_and_keeps_buckets_small() -> None:
     assert all(b == 2 * a for a, b in itertools.pairwise(caps))
     assert len(ids) == 20_000
     assert ids.nbytes < 40 * len(ids)
+
+
+def test_a_doubling_never_holds_the_ids_twice() -> None:
+    """Adding one id past a doubling (32,768 -> 32,769 ids): the peak while the table is
+    rebuilt stays near the set's own size, because each old bucket is dropped once its ids
+    have moved. Holding the whole old table until the end cost about 47 bytes per id at
+    that moment, a peak a run keeps as resident memory."""
+    ids = [uuid.UUID(int=random.getrandbits(128)).bytes for _ in range(32_769)]
+    tracemalloc.start()  # from the start: the old buckets' memory must be traced to be freed
+    try:
+        seen = UuidSet()
+        for key in ids[:-1]:
+            seen.add(key)
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        seen.add(ids[-1])
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seen.capacity == 2 * 32_768 and all(key in seen for key in ids)
+    # The new table's empty buckets (about 8 bytes per id) plus one bucket in transit; the
+    # whole old table held to the end made it about 25.
+    assert peak - before < 12 * len(ids), (before, after, peak)
 
 
 def test_update_from_another_set_is_linear() -> None:

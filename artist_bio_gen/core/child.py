@@ -35,12 +35,13 @@ from ..errors import ArtistBioGenError
 from ..jobfiles import JobPaths
 from ..models import ArtistData
 from ..utils.logging import RedactingFilter, TransactionLog, setup_logging
+from ..utils.memory import PeriodicRelease
 from .assembly import call_options, closing, open_clients, open_ledger, open_throttle
 from .budget import utc_today
 from .failures import FailureLog
 from .jsonl import JsonlWriter
 from .processes import ChildEnd, ChildSpec, picklable_error
-from .processor import Pipeline, RunControl, process_artist
+from .processor import RELEASE_EVERY, Pipeline, RunControl, process_artist
 from .throttle import RequestCounts, Throttle
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,8 @@ class _Worker:
         self._active = 0
         self._settled = threading.Condition()
         self.stopped_at: float | None = None
+        # As the run's feeder does: freed heap pages go back now and then (utils/memory.py).
+        self._release = PeriodicRelease(RELEASE_EVERY)
 
     def submit(self, seq: int, artist: ArtistData) -> None:
         with self._settled:
@@ -156,6 +159,7 @@ class _Worker:
             if not self._spec.keep_text:
                 outcome = replace(outcome, text=None)
             self._outbox.put(("outcome", seq, outcome))
+            self._release.tick()
         finally:
             with self._settled:
                 self._active -= 1

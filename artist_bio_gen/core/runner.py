@@ -30,7 +30,7 @@ from typing import Protocol, TypeVar
 
 from ..api.batches import BatchApi
 from ..api.call import CallOptions
-from ..api.client import ClientPool, create_client_pool, create_openai_client
+from ..api.client import ClientPool, create_client_pool, create_openai_client, prefetch_sdk
 from ..api.limiter import LimiterSettings, RateLimiter
 from ..api.pricing import Price, price_for
 from ..config import Config
@@ -138,6 +138,7 @@ def run_job(
         if not start.new:
             last_run.started(job_id)
         ArtistReader(config.input_path).close()  # a missing or unreadable input fails here
+        prefetch_sdk()  # while the done ids load (a resume's longest wait)
         ledger = _open_ledger(config, paths, job_id, stack)
         writer = _closing(stack, _open_writer(config, paths))
         control.on_emergency(writer.freeze)

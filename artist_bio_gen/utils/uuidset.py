@@ -7,14 +7,15 @@ the set's own table), so 10 million ids would need about 1 GB.
 
 ``UuidSet`` keeps each id as its 16 raw bytes, packed into one ``bytes`` object per hash
 bucket (bucket = the built-in ``hash`` of the 16 bytes, masked). A lookup is one hash, one
-list index and one ``bytes.find`` over a bucket of about 8 to 16 ids, all in C, so it costs
-well under a microsecond; memory is about 20-28 bytes per id. Buckets are immutable
+list index and one ``bytes.find`` over a bucket of about 4 to 8 ids, all in C, so it costs
+well under a microsecond; memory is about 21-27 bytes per id. Buckets are immutable
 ``bytes`` rather than ``bytearray``: the ids sit in the object itself, so a lookup touches
 one object instead of an object and its separate buffer (a third faster on a million
-random lookups), and nothing is over-allocated; an ``add`` copies its bucket (a few hundred
-bytes), and bulk loads work on ``bytearray`` copies that are turned back afterwards. The
-table doubles its bucket count when the average bucket passes 16 ids. Copying one set into
-another is linear (the destination is sized first).
+random lookups), and nothing is over-allocated; an ``add`` copies its bucket (about a
+hundred bytes), and bulk loads work on ``bytearray`` copies that are turned back afterwards.
+The table doubles its bucket count when the average bucket passes 8 ids (smaller buckets
+cost more memory per id, larger ones slower lookups: a lookup mostly waits for memory).
+Copying one set into another is linear (the destination is sized first).
 
 It supports only what the tool needs: add, membership, length and iteration (no removal).
 """
@@ -30,7 +31,7 @@ from typing import Any
 
 _SLOT = 16  # bytes per id
 _MIN_BITS = 4  # 16 buckets to start with
-_TARGET = 16  # average ids per bucket before the bucket count doubles
+_TARGET = 8  # average ids per bucket before the bucket count doubles
 
 UuidLike = uuid.UUID | str | bytes
 

@@ -127,7 +127,7 @@ def test_grows_by_doubling_and_keeps_buckets_small() -> None:
     seen_capacities = {ids.capacity}
     for value in _random_uuids(20_000, seed=5):
         ids.add(value)
-        assert len(ids) <= ids.capacity  # on average at most 8 ids per bucket
+        assert len(ids) <= ids.capacity  # on average at most 16 ids per bucket
         seen_capacities.add(ids.capacity)
     caps = sorted(seen_capacities)
     assert all(b == 2 * a for a, b in itertools.pairwise(caps))

@@ -244,7 +244,8 @@ class _Lines:
         """Append the next block to the unread bytes; False at the end of the file."""
         if self._eof:
             return False
-        block = self._file.read(_BLOCK)
+        # At least as much as is unread: a line of many blocks is copied a few times only.
+        block = self._file.read(max(_BLOCK, len(self._buf) - self._pos))
         if self._first:
             self._first = False
             block = block.removeprefix(_BOM)

@@ -138,7 +138,6 @@ def run_job(
         if not start.new:
             last_run.started(job_id)
         ArtistReader(config.input_path).close()  # a missing or unreadable input fails here
-        prefetch_sdk()  # while the done ids load (a resume's longest wait)
         ledger = _open_ledger(config, paths, job_id, stack)
         writer = _closing(stack, _open_writer(config, paths))
         control.on_emergency(writer.freeze)
@@ -153,6 +152,7 @@ def run_job(
         )
         manifest = _reconcile(paths, ledger, start.manifest, writer, None)
         mark = _Mark.of(writer)
+        prefetch_sdk()  # while the done ids load (a resume's longest wait)
         done = _done_ids(paths, manifest, ledger)
         throttle = _closing(stack, _throttle(config, ledger.usage(job_id), control, today))
         pipeline = Pipeline(

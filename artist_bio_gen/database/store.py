@@ -260,11 +260,10 @@ class BioStore:
 
         The server packs the ids (16 raw bytes each) into one value per chunk of
         ``_DONE_CHUNK`` ids, walking the (job_id, artist_id) index, so a million done artists
-        arrive as a few large values instead of a million Python objects. The chunks are
-        all fetched before the set is sized and filled: that needs no count of the rows
-        first (another walk of the index).
+        arrive as a few large values instead of a million Python objects.
         """
-        blobs: list[bytes] = []
+        done = UuidSet()
+        done.reserve(self.count_job_rows(job_id))
         last: str | None = None
         with self._pool.connection() as conn, conn.cursor(binary=True) as cur:
             while True:
@@ -273,17 +272,13 @@ class BioStore:
                 else:
                     cur.execute(_DONE_NEXT_CHUNK, (job_id, last, _DONE_CHUNK))
                 blob, last_id, count = one_row(cur)
-                if count:
-                    blobs.append(bytes(blob))
-                if count < _DONE_CHUNK:
-                    break
+                if not count:
+                    return done
+                # Chunks are disjoint slices of a unique index: every id is new.
+                done.update_packed(bytes(blob), all_new=True)
                 last = str(last_id)
-        done = UuidSet()
-        done.reserve(sum(len(blob) for blob in blobs) // 16)
-        while blobs:
-            # Chunks are disjoint slices of a unique index: every id is new.
-            done.update_packed(blobs.pop(), all_new=True)
-        return done
+                if count < _DONE_CHUNK:
+                    return done
 
     def job_totals(self, job_id: str) -> JobTotals:
         """The job's bios, tokens and cost so far (all runs); see ``JobTotals``.

@@ -7,14 +7,12 @@ the set's own table), so 10 million ids would need about 1 GB.
 
 ``UuidSet`` keeps each id as its 16 raw bytes, packed into one ``bytes`` object per hash
 bucket (bucket = the built-in ``hash`` of the 16 bytes, masked). A lookup is one hash, one
-list index and one ``bytes.find`` over a bucket of about 4 to 8 ids, all in C, so it costs
-well under a microsecond; memory is about 21-27 bytes per id. Buckets are immutable
+list index and one ``bytes.find`` over a bucket of about 8 to 16 ids, all in C, so it costs
+well under a microsecond; memory is about 19-25 bytes per id. Buckets are immutable
 ``bytes`` rather than ``bytearray``: the ids sit in the object itself, so a lookup touches
 one object instead of an object and its separate buffer (a third faster on a million
-random lookups), and nothing is over-allocated; an ``add`` copies its bucket (about a
-hundred bytes), and bulk loads work on ``bytearray`` copies that are turned back afterwards.
-The table doubles its bucket count when the average bucket passes 8 ids (smaller buckets
-cost more memory per id, larger ones slower lookups: a lookup mostly waits for memory).
+random lookups), and nothing is over-allocated; an ``add`` copies its bucket (a few
+hundred bytes). The table doubles its bucket count when the average bucket passes 16 ids.
 Copying one set into another is linear (the destination is sized first).
 
 It supports only what the tool needs: add, membership, length and iteration (no removal).
@@ -27,11 +25,10 @@ import sys
 import uuid
 from collections.abc import Iterable, Iterator, Sized
 from operator import itemgetter
-from typing import Any
 
 _SLOT = 16  # bytes per id
 _MIN_BITS = 4  # 16 buckets to start with
-_TARGET = 8  # average ids per bucket before the bucket count doubles
+_TARGET = 16  # average ids per bucket before the bucket count doubles
 
 UuidLike = uuid.UUID | str | bytes
 
@@ -79,7 +76,7 @@ def _canonical(raw: bytes) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _holds(bucket: bytes | bytearray, key: bytes) -> bool:
+def _holds(bucket: bytes, key: bytes) -> bool:
     """Whether ``key`` is one of the 16-byte records packed in ``bucket``."""
     at = bucket.find(key)
     # A match that straddles two records is not a member; keep looking past it.
@@ -146,26 +143,11 @@ class UuidSet:
         """Move every id into a table of ``2**bits`` buckets."""
         old = self._buckets
         self._allocate(bits)
-        buckets, mask = self._thawed(), self._mask
+        buckets, mask = self._buckets, self._mask
         for bucket in old:
             for offset in range(0, len(bucket), _SLOT):
                 key = bucket[offset : offset + _SLOT]
                 buckets[hash(key) & mask] += key
-        self._freeze(buckets)
-
-    def _thawed(self) -> list[bytearray]:
-        """The buckets as ``bytearray`` for a bulk load, converted in place (one at a time,
-        so memory does not double); ``_freeze`` turns them back into ``bytes``."""
-        buckets: list[Any] = self._buckets
-        for index, bucket in enumerate(buckets):
-            buckets[index] = bytearray(bucket)
-        return buckets
-
-    def _freeze(self, buckets: list[bytearray]) -> None:
-        frozen: list[Any] = buckets
-        for index, bucket in enumerate(buckets):
-            frozen[index] = bytes(bucket)
-        self._buckets = frozen
 
     def _keys(self) -> Iterator[bytes]:
         for bucket in self._buckets:
@@ -194,23 +176,22 @@ class UuidSet:
         if len(blob) % _SLOT:
             raise ValueError("a packed id blob must be a multiple of 16 bytes long")
         self.reserve(self._count + len(blob) // _SLOT)
-        buckets, mask = self._thawed(), self._mask
-        try:
-            # The hot loops of a resume over millions of ids: kept flat on purpose.
-            if all_new:
-                for offset in range(0, len(blob), _SLOT):
-                    key = blob[offset : offset + _SLOT]
-                    buckets[hash(key) & mask] += key
-                self._count += len(blob) // _SLOT
-                return
+        buckets, mask = self._buckets, self._mask
+        # The hot loops of a resume over millions of ids: kept flat on purpose. Each append
+        # makes a new bytes object of its bucket (measured: faster than appending to
+        # bytearrays and turning them into bytes, and no bigger a peak).
+        if all_new:
             for offset in range(0, len(blob), _SLOT):
                 key = blob[offset : offset + _SLOT]
-                bucket = buckets[hash(key) & mask]
-                if not _holds(bucket, key):
-                    bucket += key
-                    self._count += 1
-        finally:
-            self._freeze(buckets)
+                buckets[hash(key) & mask] += key
+            self._count += len(blob) // _SLOT
+            return
+        for offset in range(0, len(blob), _SLOT):
+            key = blob[offset : offset + _SLOT]
+            index = hash(key) & mask
+            if not _holds(buckets[index], key):
+                buckets[index] += key
+                self._count += 1
 
     def _buckets_of(self, keys: list[bytes]) -> Iterator[bytes]:
         """The bucket of each key, in order (lazily, in C)."""

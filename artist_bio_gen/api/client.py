@@ -25,25 +25,6 @@ logger = logging.getLogger(__name__)
 # second, which a run refused at start (lock held, bad option) should not have to pay.
 
 
-def prefetch_sdk() -> None:
-    """Start importing the SDK in a background thread, for a run that will need it.
-
-    The import is Python work that holds the GIL, but the run meanwhile mostly waits (the
-    database sends the done ids, the server builds them), so a resume reaches its first
-    request about that much sooner. Whoever imports the SDK later waits for this import
-    to finish (Python's import lock) rather than doing it twice.
-    """
-    threading.Thread(target=_import_sdk, name="sdk-import", daemon=True).start()
-
-
-def _import_sdk() -> None:
-    try:
-        import httpx2  # noqa: F401
-        import openai  # noqa: F401
-    except Exception:  # the import where the SDK is used reports it
-        logger.debug("importing the SDK in the background failed", exc_info=True)
-
-
 def create_openai_client(
     api_key: str | None,
     base_url: str | None = None,

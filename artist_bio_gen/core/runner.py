@@ -30,7 +30,7 @@ from typing import Protocol, TypeVar
 
 from ..api.batches import BatchApi
 from ..api.call import CallOptions
-from ..api.client import ClientPool, create_client_pool, create_openai_client, prefetch_sdk
+from ..api.client import ClientPool, create_client_pool, create_openai_client
 from ..api.limiter import LimiterSettings, RateLimiter
 from ..api.pricing import Price, price_for
 from ..config import Config
@@ -152,7 +152,6 @@ def run_job(
         )
         manifest = _reconcile(paths, ledger, start.manifest, writer, None)
         mark = _Mark.of(writer)
-        prefetch_sdk()  # while the done ids load (a resume's longest wait)
         done = _done_ids(paths, manifest, ledger)
         throttle = _closing(stack, _throttle(config, ledger.usage(job_id), control, today))
         pipeline = Pipeline(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import tracemalloc
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -262,6 +264,91 @@ def test_skip_ids_are_not_yielded_and_are_counted(tmp_path: Path, container: typ
     # Done rows are recognised first, by id alone: the repeated ID2 is done again, and done
     # ids never enter the duplicate set (a resume over millions of them stays lean).
     assert (reader.rows, reader.already_done, reader.duplicate_lines) == (1, 3, 0)
+
+
+def _resume_input(rng: random.Random, done: list[str], new: list[str]) -> bytes:
+    """A resume's input: runs of done lines in every form the fast path takes or leaves to
+    the csv module, with new, bad, duplicate, blank, comment and multi-line rows between."""
+    rests = [
+        ",Name",
+        ",Name,data",
+        ',"Na,me","{""k"": ""v""}"',
+        ',O"Brien',
+        ',"multi\nline",x',
+        ',"unclosed',
+        ",",
+        ',"q"x',
+        "",
+        "," + "z" * 300,
+    ]
+    lines = [b"\xef\xbb\xbfartist_id,artist_name,artist_data\r\n"]
+    for _ in range(3000):
+        artist = rng.choice(done) if rng.random() < 0.9 else rng.choice(new)
+        if rng.random() < 0.8:  # the common case: a plain done line
+            lines.append(f"{artist},Name\n".encode())
+            continue
+        form = rng.choice([artist, f'"{artist}"', artist.upper(), f" {artist}"])
+        if rng.random() < 0.1:
+            form = rng.choice(["", "#comment", "not-a-uuid", f'"{artist}', f'{artist}"'])
+        end = rng.choice(["\n", "\r\n", "\r"])
+        lines.append((form + rng.choice(rests) + end).encode("utf-8"))
+    lines.append(rng.choice(done).encode() + b",last")  # no newline at the end
+    return b"".join(lines)
+
+
+@dataclass(frozen=True)
+class _NotAUuidSet:
+    """The same membership as ``ids``, but not a ``UuidSet``: the reader's fast path is off."""
+
+    ids: UuidSet
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.ids
+
+
+@pytest.mark.parametrize(("seed", "worthwhile"), [(1, 1), (2, 1), (3, parser._WORTHWHILE)])
+def test_done_lines_passed_over_in_bulk_count_exactly_like_the_csv_path(
+    tmp_path: Path, seed: int, worthwhile: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``UuidSet`` of done ids takes the fast path, the same ids behind another container
+    the csv module alone: the rows and every counter must agree (small blocks and windows,
+    so that lines and CRLFs straddle them; fast-path tries after every poor one)."""
+    rng = random.Random(seed)
+    done = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(200)]
+    new = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(50)]
+    path = write_csv(tmp_path, _resume_input(rng, done, new))
+    monkeypatch.setattr(parser, "_BLOCK", 997)
+    monkeypatch.setattr(parser, "_MIN_WINDOW", 64)
+    monkeypatch.setattr(parser, "_WORTHWHILE", worthwhile)
+    fast_calls = []
+    real = UuidSet.leading_members
+    monkeypatch.setattr(
+        UuidSet, "leading_members", lambda s, blob: fast_calls.append(1) or real(s, blob)
+    )
+
+    def outcome(skip: object) -> tuple[object, ...]:
+        artists, reader = read_all(path, skip_ids=skip)
+        counts = (reader.rows, reader.skipped_lines, reader.error_lines, reader.duplicate_lines)
+        return artists, counts, reader.already_done, reader.lines_read, reader.exhausted
+
+    by_csv = outcome(_NotAUuidSet(UuidSet(done)))
+    assert not fast_calls
+    by_fast_path = outcome(UuidSet(done))
+    assert fast_calls, "the fast path was never taken"
+    assert by_fast_path == by_csv
+    assert by_csv[2] > 2000  # most lines were done
+
+
+def test_a_failed_artist_among_done_lines_is_still_yielded(tmp_path: Path) -> None:
+    """A done prefix with one artist that is not done (it failed): that one is read, the
+    rest counted as done, the line numbers exact."""
+    done = [str(uuid.UUID(int=i + 1)) for i in range(5000)]
+    rows = [f"{artist},Artist {i}" for i, artist in enumerate(done)]
+    rows.insert(2500, f"{ID1},Failed before")
+    path = write_csv(tmp_path, "artist_id,artist_name\n" + "\n".join(rows) + f"\n{ID2},New\n")
+    artists, reader = read_all(path, skip_ids=UuidSet(done))
+    assert [(a.artist_id, a.name) for a in artists] == [(ID1, "Failed before"), (ID2, "New")]
+    assert (reader.already_done, reader.rows, reader.lines_read) == (5000, 2, 5003)
 
 
 # -- warning flood control --------------------------------------------------------------

@@ -199,3 +199,34 @@ def test_one_million_entries_fit_in_40_mb_and_add_in_reasonable_time() -> None:
     # A loose complexity guard: quadratic probing or per-add copies would blow this.
     assert elapsed < 10, f"adding 1M ids took {elapsed:.1f}s"
     assert keys[0] in ids and keys[-1] in ids
+
+
+def test_leading_members_counts_the_ids_before_the_first_absent_one() -> None:
+    values = _random_uuids(5000, seed=7)
+    ids = UuidSet(values)
+    packed = b"".join(value.bytes for value in values)
+    absent = uuid.uuid4().bytes
+    assert ids.leading_members(packed) == 5000
+    assert ids.leading_members(b"") == 0
+    assert ids.leading_members(absent + packed) == 0
+    assert ids.leading_members(packed[: 16 * 1234] + absent + packed) == 1234
+    with pytest.raises(ValueError):
+        ids.leading_members(packed[:20])
+
+
+def test_leading_members_ignores_a_match_across_two_records() -> None:
+    """Two ids side by side in one bucket contain 16 bytes that are neither: that id is no
+    member, though ``find`` sees it."""
+    rng = random.Random(8)
+    ids = UuidSet()
+    mask = len(ids._buckets) - 1
+    while True:
+        first, second = rng.randbytes(16), rng.randbytes(16)
+        straddling = first[8:] + second[:8]
+        if len({hash(first) & mask, hash(second) & mask, hash(straddling) & mask}) == 1:
+            break
+    ids.update_packed(first + second)
+    assert ids._buckets[hash(first) & mask] == first + second
+    assert ids.leading_members(first + straddling) == 1
+    assert ids.leading_members(first + second) == 2
+    assert straddling not in ids

@@ -32,6 +32,7 @@ the console.
 
 from __future__ import annotations
 
+import binascii
 import csv
 import logging
 import os
@@ -40,7 +41,7 @@ import stat
 import uuid
 from collections.abc import Container, Generator, Iterator
 from types import TracebackType
-from typing import NamedTuple, TextIO
+from typing import BinaryIO, NamedTuple
 
 from ..errors import (
     InputEncodingError,
@@ -110,14 +111,13 @@ def _parse_fields(fields: list[str]) -> ArtistData:
     return ArtistData(artist_id, name, _join_data(fields[2:]))
 
 
-def _open_input(path: str) -> TextIO:
+def _open_input(path: str) -> BinaryIO:
     """Open the input CSV or raise ``InputFileError`` saying what is wrong and what to do."""
     _check_regular(path)
     try:
         _check_encoding(path)
-        # utf-8-sig drops a BOM; newline="" lets csv handle CRLF and newlines in quotes;
-        # surrogateescape turns bad bytes into markers so one bad line is just one bad row.
-        return open(path, encoding="utf-8-sig", newline="", errors="surrogateescape")
+        # Read as bytes: ``_Lines`` splits and decodes the lines itself.
+        return open(path, "rb")
     except FileNotFoundError as exc:
         raise InputFileNotFoundError(
             f"Input file '{path}' does not exist; check the --input path."
@@ -174,6 +174,155 @@ def _check_encoding(path: str) -> None:
     )
 
 
+_BOM = b"\xef\xbb\xbf"
+_BLOCK = 1 << 20  # bytes read from the file at a time
+#: Bytes the fast path takes in one go right after a line it had to leave to the csv module
+#: (the next line may be one too); quadrupled up to ``_BLOCK`` while every line is done.
+_MIN_WINDOW = 256
+#: A fast-path try that passes over fewer lines than this was not worth its cost...
+_WORTHWHILE = 32
+#: ...and the csv module alone reads up to this many records before the next try.
+_MAX_BACKOFF = 1024
+
+
+def _done_line_pattern() -> re.Pattern[bytes]:
+    """A line the fast path may count as done without the csv module.
+
+    Its first field is a UUID in the 8-4-4-4-12 form (bare or in quotes, no spaces), and
+    the line is one whole record: every other field is empty, unquoted without a quote at
+    its start, or quoted and closed right before the next comma or the end of the line; no
+    CR but the one of a CRLF, no NUL. Anything else (the header, comments, blank lines,
+    quoted newlines, odd spacing) goes through the csv module. The one group is the id with
+    its opening quote if it has one (the look-behinds pair the quotes).
+    """
+    hex_ = "[0-9a-fA-F]"
+    uuid_text = f"{hex_}{{8}}-{hex_}{{4}}-{hex_}{{4}}-{hex_}{{4}}-{hex_}{{12}}"
+    plain = '[^"\\r\\n\\x00,][^\\r\\n\\x00,]*+'
+    quoted = '"[^"\\r\\n\\x00]*+(?:""[^"\\r\\n\\x00]*+)*+"'
+    field = f"(?:{quoted}|{plain}|)"
+    quoted_id = '(?<="[-0-9a-fA-F]{36})"'
+    bare_id = '(?<!"[-0-9a-fA-F]{36})'
+    pattern = f'(?m)^("?{uuid_text})(?:{quoted_id}|{bare_id})(?:,{field})*+\\r?\\n'
+    return re.compile(pattern.encode("ascii"))
+
+
+_DONE_LINE = _done_line_pattern()
+
+
+class _Lines:
+    """The physical lines of the input, read in large blocks of bytes.
+
+    Lines end as a text file opened with ``newline=""`` ends them for the csv module (at
+    ``\n``, ``\r\n`` or a lone ``\r``); a BOM at the start is dropped; each line is decoded
+    with ``surrogateescape``, so a bad byte becomes a marker the row check reports. Reading
+    the bytes also lets ``skip_done`` pass over a resume's done lines in bulk.
+    """
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._buf = b""
+        self._pos = 0  # where the unread lines of _buf start
+        self._eof = False
+        self._first = True
+        self._window = 0  # set by skip_done
+        #: Lines consumed so far.
+        self.count = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        end = self._line_end()
+        if end is None:
+            raise StopIteration
+        line = self._buf[self._pos : end]
+        self._pos = end
+        self.count += 1
+        return line.decode("utf-8", "surrogateescape")
+
+    def _more(self) -> bool:
+        """Append the next block to the unread bytes; False at the end of the file."""
+        if self._eof:
+            return False
+        # At least as much as is unread: a line of many blocks is copied a few times only.
+        block = self._file.read(max(_BLOCK, len(self._buf) - self._pos))
+        if self._first:
+            self._first = False
+            block = block.removeprefix(_BOM)
+        if not block:
+            self._eof = True
+            return False
+        self._buf = self._buf[self._pos :] + block
+        self._pos = 0
+        return True
+
+    def _line_end(self) -> int | None:
+        """Where the next line ends (past its line break); None at the end of the file."""
+        while True:
+            buf, pos = self._buf, self._pos
+            newline = buf.find(b"\n", pos)
+            cr = buf.find(b"\r", pos, len(buf) if newline < 0 else newline)
+            if cr >= 0:
+                if cr + 1 == newline:
+                    return newline + 1
+                # A CR as the last byte read may be the first half of a CRLF.
+                if cr + 1 < len(buf) or self._eof:
+                    return cr + 1
+            elif newline >= 0:
+                return newline + 1
+            elif self._eof:
+                return len(buf) if pos < len(buf) else None
+            self._more()
+
+    def skip_done(self, done: UuidSet, max_window: int) -> int:
+        """Consume the lines right ahead that ``_DONE_LINE`` accepts and whose id is in
+        ``done``; returns how many. Stops before the first other line (the caller parses it).
+
+        A window of lines is checked at once: ``findall`` gives their ids (as many as there
+        are lines when every line qualifies), the ids are decoded together and looked up
+        together (``UuidSet.leading_members``), all in C. No window is longer than
+        ``max_window`` bytes: with the csv module's field size limit there, no field of a
+        window is one the csv module would refuse.
+        """
+        pattern = _DONE_LINE
+        skipped = 0
+        self._window = max(1, min(self._window or _MIN_WINDOW, max_window))
+        while True:
+            if len(self._buf) - self._pos < self._window and self._more():
+                continue
+            buf, pos = self._buf, self._pos
+            end = buf.rfind(b"\n", pos, pos + self._window) + 1
+            if end <= pos:  # no whole line ahead within the window
+                return skipped
+            ids = pattern.findall(buf, pos, end)
+            lines = buf.count(b"\n", pos, end)
+            if len(ids) != lines:  # some line does not qualify: take those before it
+                end = self._qualifying_end(pattern, pos, end)
+                ids = pattern.findall(buf, pos, end)
+            hexes = b"".join(ids).translate(None, b'-"')
+            members = done.leading_members(binascii.unhexlify(hexes))
+            if members < len(ids) or len(ids) < lines:
+                self._window = min(_MIN_WINDOW, max_window)
+                self._advance(members)
+                return skipped + members
+            self._pos = end
+            self.count += lines
+            skipped += lines
+            self._window = min(self._window * 4, max_window)
+
+    def _qualifying_end(self, pattern: re.Pattern[bytes], pos: int, end: int) -> int:
+        """The end of the run of lines from ``pos`` that ``pattern`` accepts."""
+        while pos < end and (match := pattern.match(self._buf, pos, end)) is not None:
+            pos = match.end()
+        return pos
+
+    def _advance(self, lines: int) -> None:
+        """Consume ``lines`` whole lines (each ends with a newline)."""
+        for _ in range(lines):
+            self._pos = self._buf.index(b"\n", self._pos) + 1
+        self.count += lines
+
+
 class ArtistReader:
     """Iterate the artists of an input CSV lazily, one record at a time.
 
@@ -208,6 +357,11 @@ class ArtistReader:
         self._header_possible = True  # until the first non-blank, non-comment row
         self._problems = 0  # per-line warnings issued, for flood control
         self._file = _open_input(self.path)
+        self._lines = _Lines(self._file)
+        # A resume's done lines are passed over in bulk when the done ids are a UuidSet.
+        self._done_fast = skip_ids if isinstance(skip_ids, UuidSet) and len(skip_ids) else None
+        self._backoff = 0  # records to leave to the csv module after a poor fast-path try
+        self._wait = 0  # of which still to go
         self._records = self._iterate()
 
     # -- iteration -------------------------------------------------------------------
@@ -242,8 +396,12 @@ class ArtistReader:
         A record can span lines (newlines inside quotes), so its first line is one past
         the last line of the previous record. Malformed CSV is reported and skipped.
         """
-        reader = csv.reader(self._file)
+        reader = csv.reader(self._lines)
         while True:
+            try:
+                self._skip_done_lines()
+            except OSError as exc:
+                raise self._read_error(exc) from exc
             start = self.lines_read + 1
             try:
                 fields = next(reader)
@@ -251,17 +409,40 @@ class ArtistReader:
                 return
             except csv.Error as exc:
                 self._bad_row(start, f"malformed CSV ({exc}; an unbalanced quote?)")
-                if reader.line_num < start:  # nothing consumed: cannot make progress
+                if self._lines.count < start:  # nothing consumed: cannot make progress
                     return
-                self.lines_read = reader.line_num
+                self.lines_read = self._lines.count
                 continue
             except OSError as exc:
-                raise InputFileError(
-                    f"Input file '{self.path}' could not be read after line "
-                    f"{self.lines_read} ({exc.strerror or exc}); check the disk and try again."
-                ) from exc
-            self.lines_read = reader.line_num
+                raise self._read_error(exc) from exc
+            self.lines_read = self._lines.count
             yield start, fields
+
+    def _read_error(self, exc: OSError) -> InputFileError:
+        return InputFileError(
+            f"Input file '{self.path}' could not be read after line "
+            f"{self.lines_read} ({exc.strerror or exc}); check the disk and try again."
+        )
+
+    def _skip_done_lines(self) -> None:
+        """Pass over the done lines ahead without the csv module (see ``_Lines.skip_done``);
+        they count exactly as the csv path would count them: done, and one line each."""
+        if self._done_fast is None:
+            return
+        if self._wait:
+            self._wait -= 1
+            return
+        window = min(_BLOCK, csv.field_size_limit())
+        skipped = self._lines.skip_done(self._done_fast, window)
+        self.already_done += skipped
+        self.lines_read = self._lines.count
+        # A try pays off over many lines; where done lines are few or alternate with others
+        # (the new artists, a retry of many failures) the csv module alone is cheaper, so
+        # each poor try waits twice as many records before the next (at most _MAX_BACKOFF).
+        if skipped >= _WORTHWHILE:
+            self._backoff = 0
+        else:
+            self._backoff = self._wait = min(self._backoff * 2 + 1, _MAX_BACKOFF)
 
     # -- one record ------------------------------------------------------------------
 

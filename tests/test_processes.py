@@ -52,9 +52,19 @@ DB = ("--db-url", "postgresql://u@localhost/db")
 
 @pytest.mark.parametrize(
     ("workers", "cpus", "expected"),
-    [(4, 2, 1), (64, 2, 1), (128, 2, 1), (129, 2, 2), (256, 2, 2), (1024, 2, 2), (1024, 8, 8)],
+    [
+        (1024, 2, 1),  # two CPUs: one process, whatever the workers
+        (1024, 3, 1),
+        (256, 4, 1),
+        (257, 4, 2),
+        (1024, 4, 2),  # at most one per two CPUs
+        (1024, 8, 4),
+        (4096, 8, 4),
+        (512, 16, 2),  # one per 256 workers
+        (64, 16, 1),
+    ],
 )
-def test_auto_gives_each_process_about_128_workers_and_at_most_one_per_cpu(
+def test_auto_gives_each_process_about_256_workers_and_at_most_one_per_two_cpus(
     workers: int, cpus: int, expected: int
 ) -> None:
     config = _config(*DB, "--max-workers", str(workers))
@@ -65,7 +75,7 @@ def test_auto_gives_each_process_about_128_workers_and_at_most_one_per_cpu(
 def test_auto_keeps_a_small_run_and_a_job_without_database_in_one_process() -> None:
     big = _config(*DB, "--max-workers", "1024")
     assert choose_processes(big, to_do=AUTO_MIN_ARTISTS - 1, cpus=8) == 1
-    assert choose_processes(big, to_do=None, cpus=8) == 8  # an unknown count is not small
+    assert choose_processes(big, to_do=None, cpus=8) == 4  # an unknown count is not small
     no_db = _config("--no-db", "--max-workers", "1024")
     assert choose_processes(no_db, to_do=100_000, cpus=8) == 1
 

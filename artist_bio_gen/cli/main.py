@@ -63,9 +63,9 @@ examples:
   # start a job (bios go to PostgreSQL at DATABASE_URL and to out.jsonl)
   artist-bio-gen --input artists.csv --prompt-id pmpt_123 --max-workers 16
 
-  # a big job: 512 workers spread over worker processes (auto: one per 128 workers, at
-  # most one per CPU; --processes N sets the count)
-  artist-bio-gen --input artists.csv --prompt-id pmpt_123 --max-workers 512
+  # a big job on a machine with 8 CPUs: 1024 workers over worker processes (auto: one
+  # per 256 workers, at most one per 2 CPUs, none under 4 CPUs; --processes N sets it)
+  artist-bio-gen --input artists.csv --prompt-id pmpt_123 --max-workers 1024
 
   # continue the job of out.jsonl after a crash, a kill or from cron
   artist-bio-gen --resume
@@ -290,7 +290,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         type=_processes_arg,
         metavar="N|auto",
         help="worker processes, each with its own share of the workers: auto (the default) "
-        "uses one per 128 workers, at most one per CPU, and one for fewer than 2,000 artists "
+        "uses one per 256 workers, at most one per 2 CPUs, and one on fewer than 4 CPUs or "
+        "for fewer than 2,000 artists "
         "(env WORKER_PROCESSES)",
     )
     group.add_argument(

@@ -60,8 +60,14 @@ from .throttle import RequestCounts
 
 logger = logging.getLogger(__name__)
 
-#: ``--processes auto``: one worker process per this many workers (W=256 -> 2 processes).
-AUTO_WORKERS_PER_PROCESS = 128
+#: ``--processes auto``: one worker process per this many workers (W=1024 -> 4 processes).
+AUTO_WORKERS_PER_PROCESS = 256
+#: ``--processes auto``: several processes only on a machine with at least this many CPUs,
+#: and at most one per two CPUs. The run shares the machine with its database (and, in the
+#: bench, with the stand-in API): on 2 CPUs two worker processes measured no faster than
+#: one (W=256, L=1 s: 214-230 vs 209-228 artists/s; W=1024, L=4 s: 220 vs 211) for twice
+#: the memory (each process holds the SDK and its libraries: about 65 MB before any work).
+AUTO_MIN_CPUS = 4
 #: ``--processes auto``: fewer artists to do than this run in one process (starting the
 #: worker processes costs about a second, and a small run does not need them).
 AUTO_MIN_ARTISTS = 2000
@@ -84,8 +90,9 @@ def choose_processes(config: Config, to_do: int | None, cpus: int | None = None)
 
     Several processes need an online job with a database (the ledger is the shared record;
     ``config.py`` refuses an explicit ``--processes`` above 1 otherwise). ``auto`` (None)
-    keeps small runs in one process and gives each process about
-    ``AUTO_WORKERS_PER_PROCESS`` workers, at most one per CPU.
+    keeps small runs and machines with fewer than ``AUTO_MIN_CPUS`` CPUs in one process, and
+    otherwise gives each process about ``AUTO_WORKERS_PER_PROCESS`` workers, at most one
+    process per two CPUs.
     """
     if config.mode != "online" or config.db is None:
         return 1
@@ -93,8 +100,11 @@ def choose_processes(config: Config, to_do: int | None, cpus: int | None = None)
         return max(1, min(config.processes, config.max_workers))
     if to_do is not None and to_do < AUTO_MIN_ARTISTS:
         return 1
+    cpus = cpus or available_cpus()
+    if cpus < AUTO_MIN_CPUS:
+        return 1
     wanted = math.ceil(config.max_workers / AUTO_WORKERS_PER_PROCESS)
-    return max(1, min(wanted, cpus or available_cpus()))
+    return max(1, min(wanted, cpus // 2))
 
 
 def split_workers(workers: int, count: int) -> list[int]:

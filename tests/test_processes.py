@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ from .support.checks import assert_mirror
 from .support.cli import Job, MakeJob, run_process, summary_figure
 from .support.data import make_artists, write_csv
 from .support.database import TestDatabase
-from .support.fake_openai import FakeOpenAI, bio_for
+from .support.fake_openai import FakeOpenAI, bio_for, tokens_for
 
 PROMPT = ("--prompt-id", "pmpt_p")
 
@@ -194,6 +195,38 @@ def test_a_failed_artist_is_recorded_once_by_the_process_that_tried(
     failures = (job.dir / "out.failures.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["artist_id"] for line in failures] == [victim.artist_id]
     assert len(assert_mirror(job.out, database)) == 119
+
+
+def test_print_bios_shows_the_bios_the_worker_processes_committed(
+    make_job: MakeJob, database: TestDatabase
+) -> None:
+    job = make_job(40, seed=30)
+    result = job.run(*_job_args(job, "--print-bios", workers=4))
+    assert result.code == 0, result.stderr
+    bios = result.stdout.split("Summary: job ", 1)[0]
+    for artist in job.artists:
+        assert f"=== {artist.name} ({artist.artist_id}) ===\n{bio_for(artist.name)}\n" in bios
+
+
+def test_the_budgets_hold_for_the_whole_run(
+    make_job: MakeJob, database: TestDatabase, fake_openai: FakeOpenAI
+) -> None:
+    """--max-cost is split between the processes (together they never pass it) and
+    --daily-limit is counted in the database (one count for all)."""
+    job = make_job(400, seed=31)
+    prices = ("--price-input", "2", "--price-output", "8")
+    per_bio = max((50 * 2 + (tokens_for(a.name) - 50) * 8) / 1_000_000 for a in job.artists)
+    budget = 200 * per_bio  # each process's half leaves room for its first, cautious guess
+    result = job.run(*_job_args(job, *prices, "--max-cost", f"{budget:.9f}", workers=8))
+    assert result.code == exit_codes.EXIT_LIMIT_REACHED, result.stderr
+    spent = sum(Decimal(str(row["cost_usd"])) for row in database.ledger())
+    assert 0 < spent <= Decimal(f"{budget:.9f}")
+    assert len(database.ledger()) >= 100
+    before = fake_openai.total_requests
+    daily = job.run(*_job_args(job, "--resume", "--daily-limit", "60", workers=8))
+    assert daily.code == exit_codes.EXIT_LIMIT_REACHED, daily.stderr
+    assert fake_openai.total_requests - before <= 60
+    assert len(assert_mirror(job.out, database)) == len(database.ledger())
 
 
 # -- real processes: signals and kills ---------------------------------------------------------

@@ -157,7 +157,7 @@ def test_a_lazy_pool_creates_its_clients_on_first_use_only() -> None:
 
     made: list[int] = []
 
-    def factory():  # type: ignore[no-untyped-def]
+    def factory() -> ClientPool:
         made.append(1)
         return create_client_pool("sk-test", "http://127.0.0.1:9", workers=4)
 

@@ -8,7 +8,7 @@ two cannot drift apart.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -21,9 +21,13 @@ from ..config import Config
 from ..database.connection import create_db_connection_pool, describe_database
 from ..database.schema import ensure_ledger, inspect_target_table
 from ..database.store import BioStore
+from ..jobfiles import JobPaths
+from ..utils.logging import TransactionLog
 from .budget import CostBudget, DailyBudget, UsageStore
+from .failures import FailureLog
+from .jsonl import JsonlWriter
 from .ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
-from .processor import RunControl
+from .processor import Pipeline, RunControl
 from .throttle import Throttle
 
 
@@ -126,6 +130,36 @@ def open_throttle(
         stopping=lambda: control.stopping,
         log_interval=quota.log_interval,
         max_pause=quota.pause_hours * 3600,
+    )
+
+
+def assemble_pipeline(
+    config: Config,
+    job_id: str,
+    stack: contextlib.ExitStack,
+    *,
+    ledger: Ledger,
+    writer: JsonlWriter,
+    throttle: Throttle,
+    clients: ClientPool,
+    previous_attempts: Mapping[str, int],
+) -> Pipeline:
+    """What a process's workers use: the given parts, plus the job's failures file and
+    transaction log (opened here, closed with ``stack``)."""
+    paths = JobPaths(config.output_path)
+    return Pipeline(
+        settings=config.prompt,
+        client=closing(stack, clients),
+        ledger=ledger,
+        writer=writer,
+        failures=closing(stack, FailureLog(paths.failures, job_id)),
+        txlog=closing(
+            stack, TransactionLog(config.transaction_log or paths.transaction_log, job_id)
+        ),
+        skip_existing=config.skip_existing,
+        api_key=config.api_key,
+        previous_attempts=previous_attempts,
+        call=call_options(config, throttle),
     )
 
 

@@ -34,11 +34,10 @@ from .. import exit_codes
 from ..errors import ArtistBioGenError
 from ..jobfiles import JobPaths
 from ..models import ArtistData
-from ..utils.logging import RedactingFilter, TransactionLog, setup_logging
+from ..utils.logging import RedactingFilter, setup_logging
 from ..utils.memory import PeriodicRelease
-from .assembly import call_options, closing, open_clients, open_ledger, open_throttle
+from .assembly import assemble_pipeline, closing, open_clients, open_ledger, open_throttle
 from .budget import utc_today
-from .failures import FailureLog
 from .jsonl import JsonlWriter
 from .processes import ChildEnd, ChildSpec, picklable_error
 from .processor import RELEASE_EVERY, Pipeline, RunControl, process_artist
@@ -199,19 +198,15 @@ def _pipeline(
     throttle = closing(
         stack, open_throttle(config, ledger.usage(job_id), control, utc_today, share=share)
     )
-    pipeline = Pipeline(
-        settings=config.prompt,
-        client=closing(stack, open_clients(config, spec.workers)),
+    pipeline = assemble_pipeline(
+        config,
+        job_id,
+        stack,
         ledger=ledger,
         writer=writer,
-        failures=closing(stack, FailureLog(paths.failures, job_id)),
-        txlog=closing(
-            stack, TransactionLog(config.transaction_log or paths.transaction_log, job_id)
-        ),
-        skip_existing=config.skip_existing,
-        api_key=config.api_key,
+        throttle=throttle,
+        clients=open_clients(config, spec.workers),
         previous_attempts=spec.previous_attempts,
-        call=call_options(config, throttle),
     )
     return pipeline, throttle, writer
 

@@ -105,10 +105,6 @@ class RunControl:
         """True once nothing new may start."""
         return self._stop.is_set()
 
-    def wait_stopping(self, timeout: float | None = None) -> bool:
-        """Wait until the run is told to stop (or ``timeout``); True once it is."""
-        return self._stop.wait(timeout)
-
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds``, or less when the run is told to stop meanwhile."""
         self._stop.wait(max(0.0, seconds))

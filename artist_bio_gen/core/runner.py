@@ -36,10 +36,9 @@ from ..database.store import JobTotals
 from ..errors import ArtistBioGenError, LimitReachedError, UsageError
 from ..jobfiles import JobPaths, Manifest, write_manifest
 from ..models import ArtistData, ProcessingStats
-from ..utils.logging import TransactionLog
 from ..utils.uuidset import UuidSet
 from .assembly import (
-    call_options,
+    assemble_pipeline,
     closing,
     open_clients,
     open_ledger,
@@ -49,7 +48,7 @@ from .assembly import (
 from .batch import BatchReport, BatchRun, run_batch
 from .batch_parts import BatchParts
 from .budget import utc_today
-from .failures import FailureLog, batch_failures, count_attempts
+from .failures import batch_failures, count_attempts
 from .job import decide_job
 from .jsonl import JsonlWriter
 from .lastrun import LastRunRecorder, run_exit_code
@@ -146,25 +145,19 @@ def run_job(
             write_manifest(paths, start.manifest)
             last_run.started(job_id)
             logger.info("started job %s", job_id)
-        failures = closing(stack, FailureLog(paths.failures, job_id))
-        txlog = closing(
-            stack, TransactionLog(config.transaction_log or paths.transaction_log, job_id)
-        )
         manifest = _reconcile(paths, ledger, start.manifest, writer, None)
         mark = _Mark.of(writer)
         done = _done_ids(paths, manifest, ledger)
         throttle = closing(stack, open_throttle(config, ledger.usage(job_id), control, today))
-        pipeline = Pipeline(
-            settings=config.prompt,
-            client=closing(stack, open_clients(config, config.max_workers, lazy=True)),
+        pipeline = assemble_pipeline(
+            config,
+            job_id,
+            stack,
             ledger=ledger,
             writer=writer,
-            failures=failures,
-            txlog=txlog,
-            skip_existing=config.skip_existing,
-            api_key=config.api_key,
+            throttle=throttle,
+            clients=open_clients(config, config.max_workers, lazy=True),
             previous_attempts=count_attempts(paths.failures, job_id),
-            call=call_options(config, throttle),
         )
         batches: BatchReport | None = None
         processes: WorkerProcesses | None = None
@@ -192,10 +185,10 @@ def run_job(
         if tally.abandoned:
             left = _leave_running(stack, writer, tally.abandoned)
             return _ended(last_run, replace(result, left_running=left))
-        appended: tuple[int, int] | None = mark.since(writer)
-        if processes is not None and appended is not None:
-            appended = processes.appended(appended)  # once every worker process has exited
-        # Quiet now (no worker can append), so the checkpoint is exact.
+        appended = (
+            mark.since(writer) if processes is None else processes.appended(mark.since(writer))
+        )
+        # Quiet now (no worker, thread or process, can append), so the checkpoint is exact.
         _reconcile(paths, ledger, manifest, writer, appended)
         return _ended(last_run, replace(result, job_totals=_job_totals(ledger, job_id)))
 
@@ -285,10 +278,10 @@ def _check_transaction_log(path: Path | None) -> None:
 def _open_ledger(
     config: Config, paths: JobPaths, job_id: str, stack: contextlib.ExitStack
 ) -> Ledger:
+    ledger = open_ledger(config, paths.output, job_id, stack)
     if config.db is None:
         logger.warning('no database configured: writing the JSONL only (db_status "null")')
-    ledger = open_ledger(config, paths.output, job_id, stack)
-    if config.db is not None:
+    else:
         where = describe_database(config.db.url)
         logger.info("writing bios to table %s in %s", config.db.table, where)
     return ledger

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -449,3 +452,32 @@ def test_random_kills_of_any_process_then_resume_lose_nothing_and_pay_little(
     crash.assert_verify_consistent(out, database)
     extra = fake_openai.total_requests - total
     assert 0 <= extra <= kills * WORKERS, f"seed {seed}: {extra} extra requests"
+
+
+def test_a_worker_process_log_record_reaches_the_run_scrubbed_traceback_included() -> None:
+    from multiprocessing.connection import Connection
+
+    from artist_bio_gen.core.child import _ForwardingHandler, _Outbox
+    from artist_bio_gen.utils.logging import RedactingFilter
+
+    secret = "sk-proj-worker-secret-0123"
+    ours, theirs = socket.socketpair()
+    receiver, sender = Connection(ours.detach()), Connection(theirs.detach())
+    outbox = _Outbox(sender)
+    handler = _ForwardingHandler(outbox, 1, RedactingFilter([secret]))
+    try:
+        raise ValueError(f"refused {secret}")
+    except ValueError:
+        record = logging.LogRecord(
+            "artist_bio_gen.x", logging.ERROR, __file__, 1, "key %s", (secret,), sys.exc_info()
+        )
+    handler.handle(record)
+    outbox.drain()
+    kind, events, _ = receiver.recv()
+    assert kind == "events"
+    _, level, name, text = events[0]
+    assert (level, name) == (logging.ERROR, "artist_bio_gen.x")
+    assert text.startswith("[process 1] key ***")
+    assert "ValueError: refused ***" in text
+    assert secret not in text
+    outbox.send_final(("done",))

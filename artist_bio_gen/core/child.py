@@ -105,18 +105,25 @@ class _Outbox:
 
 
 class _ForwardingHandler(logging.Handler):
-    """Log records go to the parent, which shows them with its own (a bar is not torn)."""
+    """Log records go to the parent, which shows them with its own (a bar is not torn).
 
-    def __init__(self, outbox: _Outbox, index: int) -> None:
+    The text is scrubbed of the secrets here, traceback included: when the parent is gone
+    it is printed to stderr as it is.
+    """
+
+    def __init__(self, outbox: _Outbox, index: int, redact: RedactingFilter) -> None:
         super().__init__()
         self._outbox = outbox
         self._prefix = f"[process {index}] "
+        self._redact = redact
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        self._outbox.put(("log", record.levelno, record.name, self._prefix + message))
+        text = logging.makeLogRecord({"msg": message})
+        self._redact.filter(text)
+        self._outbox.put(("log", record.levelno, record.name, self._prefix + text.getMessage()))
 
 
 def _forward_logging(outbox: _Outbox, spec: ChildSpec) -> None:
@@ -125,9 +132,7 @@ def _forward_logging(outbox: _Outbox, spec: ChildSpec) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = _ForwardingHandler(outbox, spec.index)
-    handler.addFilter(RedactingFilter(config.secrets))
-    root.addHandler(handler)
+    root.addHandler(_ForwardingHandler(outbox, spec.index, RedactingFilter(config.secrets)))
 
 
 class _Worker:

@@ -33,15 +33,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 from ..models import ArtistData, GeneratedBio
-from .call import ApiCallError, answer_cost, generated_bio
+from .answer import Answer, UnusableAnswer, read_answer
+from .call import answer_cost, generated_bio
 from .pricing import Price
 from .request import PromptSettings, build_request
-
-if TYPE_CHECKING:
-    from openai.types.responses import Response
 
 #: The endpoint every request line posts to (and the batch's ``endpoint``).
 BATCH_ENDPOINT: Final = "/v1/responses"
@@ -71,7 +69,7 @@ class ResultLine:
     #: The line's ``custom_id`` (the artist id); None when unreadable.
     artist_id: str | None
     #: The response of an ``answer``.
-    response: Response | None = None
+    response: Answer | None = None
     #: ``failed``: a failure code of ``failure_codes``; ``unanswered``: the API's code
     #: (``batch_expired``, ``rate_limited``, ...).
     code: str | None = None
@@ -101,13 +99,18 @@ def parse_result_line(line: bytes) -> ResultLine:
 
 
 def _answer(artist_id: str, body: object) -> ResultLine:
-    from openai.types.responses import Response
-
     if not isinstance(body, dict) or not _looks_like_response(body):
-        return ResultLine(
-            "failed", artist_id, code="bad_response", reason="unusable answer in the batch output"
-        )
-    return ResultLine("answer", artist_id, response=Response.construct(**body))
+        return _unusable(artist_id)
+    try:
+        return ResultLine("answer", artist_id, response=read_answer(body))
+    except UnusableAnswer:
+        return _unusable(artist_id)
+
+
+def _unusable(artist_id: str) -> ResultLine:
+    return ResultLine(
+        "failed", artist_id, code="bad_response", reason="unusable answer in the batch output"
+    )
 
 
 def _looks_like_response(body: dict[str, Any]) -> bool:
@@ -139,12 +142,7 @@ def _status_code(status: int) -> str:
     return "server_error" if status >= 500 else "api_error"
 
 
-def answer_bio(artist: ArtistData, response: Response, price: Price | None) -> GeneratedBio:
+def answer_bio(artist: ArtistData, answer: Answer, price: Price | None) -> GeneratedBio:
     """The bio of a batch answer, priced at the batch tier (``ApiCallError`` with
     ``empty_response`` when it holds no text)."""
-    try:
-        usage, cost = answer_cost(response, BATCH_TIER, price)
-        return generated_bio(artist, response, usage, BATCH_TIER, cost)
-    except (AttributeError, TypeError, ValueError) as exc:
-        # Built leniently: a response missing what a bio needs fails here, for this artist.
-        raise ApiCallError("bad_response", f"unusable answer in the batch output: {exc}") from exc
+    return generated_bio(artist, answer, BATCH_TIER, answer_cost(answer, BATCH_TIER, price))

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from artist_bio_gen import exit_codes
+from artist_bio_gen.core.processor import pool_threads
 from artist_bio_gen.models import ArtistData
 
 from .support.checks import assert_legacy_record, assert_mirror, read_jsonl
@@ -161,13 +162,13 @@ def ledger_ids(db: TestDatabase) -> list[str]:
     return [row["artist_id"] for row in db.ledger()]
 
 
-def assert_crash_state(out: Path, db: TestDatabase, workers: int) -> tuple[set[str], set[str]]:
+def assert_crash_state(out: Path, db: TestDatabase, threads: int) -> tuple[set[str], set[str]]:
     """What must hold right after any SIGKILL, before anything repairs it.
 
     Committed only: every complete line stands for a committed bio, with the committed
-    text; no id is written twice; at most ``workers`` bios are committed but not appended
-    (only running workers sit between commit and append, and every start repairs earlier
-    gaps first).
+    text; no id is written twice; at most ``threads`` bios are committed but not appended
+    (only the pool's running threads sit between commit and append, and every start repairs
+    earlier gaps first).
     A torn tail is allowed here: the next start must cut it. Returns (line ids, ledger ids).
     """
     records = [json.loads(line) for line in complete_lines(out)]
@@ -179,7 +180,7 @@ def assert_crash_state(out: Path, db: TestDatabase, workers: int) -> tuple[set[s
     for record in records:
         assert record["response_text"] == ledger[record["artist_id"]]["response_text"]
     gap = set(ledger) - set(ids)
-    assert len(gap) <= workers, f"{len(gap)} committed bios missing from the JSONL"
+    assert len(gap) <= threads, f"{len(gap)} committed bios missing from the JSONL"
     return set(ids), set(ledger)
 
 
@@ -300,8 +301,9 @@ def test_random_sigkills_then_resume_lose_nothing_and_pay_little(
     a valid crash state (committed only), and after the last resume the JSONL mirrors the
     database exactly (exact mirror, whole lines) with every artist committed once, in one
     job. It also proves the resume pays no second time for committed bios: each kill may
-    waste at most ``WORKERS`` requests (those in flight; queued artists of the 2 x workers
-    window have not called the API yet), so extra requests <= kills x workers.
+    waste at most one request per thread of the pool (``pool_threads(WORKERS)``: the
+    requests in flight and the answers waiting for their commit; queued artists of the
+    2 x workers window have not called the API yet), so extra requests <= kills x threads.
     """
     seed = crash_seed()
     print(f"crash test seed: {seed} (replay with ABG_CRASH_SEED={seed})")
@@ -312,6 +314,7 @@ def test_random_sigkills_then_resume_lose_nothing_and_pay_little(
     out = tmp_path / "out.jsonl"
     fake_openai.latency = LATENCY
     args, env = job_args(csv_path, out, WORKERS), db_env(database)
+    threads = pool_threads(WORKERS)
 
     kills, attempts, phases = 0, 0, []
     while kills < KILLS and attempts < 3 * KILLS:
@@ -320,7 +323,7 @@ def test_random_sigkills_then_resume_lose_nothing_and_pay_little(
         if kill_once(plan, args, env):
             kills += 1
             phases.append(plan.phase)
-            assert_crash_state(out, database, WORKERS)
+            assert_crash_state(out, database, threads)
     print(f"seed {seed}: {kills} kills in {attempts} runs: {Counter(phases)}, {phases}")
     assert kills >= KILLS, f"seed {seed}: only {kills} of {attempts} kills landed"
     print(f"seed {seed}: {count_lines(out)} of {ARTISTS} lines before the final resume")
@@ -329,8 +332,8 @@ def test_random_sigkills_then_resume_lose_nothing_and_pay_little(
     assert_job_complete(out, database, artists)
     assert_verify_consistent(out, database)
     extra = fake_openai.total_requests - ARTISTS
-    print(f"seed {seed}: {extra} extra requests (bound {kills} x {WORKERS})")
-    assert 0 <= extra <= kills * WORKERS, f"seed {seed}: {extra} extra requests for {kills} kills"
+    print(f"seed {seed}: {extra} extra requests (bound {kills} x {threads})")
+    assert 0 <= extra <= kills * threads, f"seed {seed}: {extra} extra requests for {kills} kills"
 
 
 # -- 2. deterministic fault points --------------------------------------------------------------

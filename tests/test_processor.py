@@ -144,10 +144,12 @@ def make_run(tmp_path: Path, database: TestDatabase, fake_openai: FakeOpenAI) ->
         pipeline = Pipeline(
             settings=PROMPT,
             client=stack.enter_context(
+                # Sized as a run sizes it (``core/assembly.open_clients``): a connection
+                # for every thread of the pool, so only the API slots bound the requests.
                 create_client_pool(
                     TEST_API_KEY,
                     fake_openai.base_url,
-                    workers=workers,
+                    workers=processor_module.pool_threads(workers),
                     timeout=REQUEST_TIMEOUT,
                     max_retries=0,
                 )
@@ -328,6 +330,40 @@ def test_the_window_bounds_requests_in_flight_and_input_read_ahead(
     records = read_jsonl(run.output)
     assert sorted(r["artist_id"] for r in records) == sorted(a.artist_id for a in artists)
     assert {r["db_status"] for r in records} == {"null"}
+
+
+def test_an_answer_waiting_for_its_commit_leaves_its_api_slot_to_the_next_artist(
+    make_run: MakeRun, database: TestDatabase, fake_openai: FakeOpenAI
+) -> None:
+    """Commits stall (the user's table is locked): each thread holding an answer waits in
+    its commit without its API slot, so the pool's extra threads (``commit_threads``) keep
+    requests going until every thread holds an answer; never more than W requests at once,
+    and once the table is free every answer is committed and appended."""
+    workers = 16
+    threads = processor_module.pool_threads(workers)
+    assert threads > workers
+    artists = make_artists(4 * workers, seed=411)
+    database.seed(artists)
+    fake_openai.latency = 0.05
+    run = make_run(workers)
+
+    def answers_held() -> int:
+        # Answered by the fake but not committed: their threads wait in the commit.
+        return fake_openai.total_requests - fake_openai.in_flight - len(database.ledger())
+
+    with database.connect() as blocker:
+        job = Background(lambda: run.go(artists, workers=workers))
+        assert _wait_until(lambda: len(run.outcomes) >= 1)  # the canary is committed
+        with blocker.transaction():
+            blocker.execute("LOCK TABLE artists IN ACCESS EXCLUSIVE MODE")
+            assert _wait_until(lambda: answers_held() == threads), answers_held()
+            time.sleep(0.3)  # no thread is left to send another request
+            assert answers_held() == threads and fake_openai.in_flight == 0
+    tally = job.result()
+
+    assert fake_openai.concurrent_max == workers
+    assert tally.committed == len(artists) == fake_openai.total_requests
+    assert len(assert_mirror(run.output, database)) == len(artists)
 
 
 def test_the_feeder_releases_free_memory_every_release_every_outcomes(

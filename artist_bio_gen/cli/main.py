@@ -283,7 +283,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-workers",
         type=int,
         metavar="N",
-        help="concurrent artists (env MAX_WORKERS; default 4)",
+        help="API requests at once (env MAX_WORKERS; default 4)",
     )
     group.add_argument(
         "--processes",

@@ -27,7 +27,7 @@ from .budget import CostBudget, DailyBudget, UsageStore
 from .failures import FailureLog
 from .jsonl import JsonlWriter
 from .ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
-from .processor import Pipeline, RunControl
+from .processor import Pipeline, RunControl, pool_threads
 from .throttle import Throttle
 
 
@@ -71,15 +71,17 @@ def open_ledger(
 
 
 def open_clients(config: Config, workers: int, *, lazy: bool = False) -> ClientPool:
-    """The SDK clients of ``workers`` threads (``lazy``: created on first use, so a run
-    whose artists all go to worker processes creates none)."""
+    """The SDK clients of a pool making ``workers`` API requests at once (``lazy``: created
+    on first use, so a run whose artists all go to worker processes creates none)."""
 
     def create() -> ClientPool:
         # The SDK's own retries are off: api/call.py owns the loop (429s slow the whole run).
+        # Sized for every thread of the pool (``pool_threads``): a thread keeps its client,
+        # and whichever ``workers`` of them hold the API slots must find a connection free.
         return create_client_pool(
             config.api_key,
             config.base_url,
-            workers=workers,
+            workers=pool_threads(workers),
             timeout=config.request_timeout,
             max_retries=0,
         )

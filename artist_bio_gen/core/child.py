@@ -40,7 +40,14 @@ from .assembly import assemble_pipeline, closing, open_clients, open_ledger, ope
 from .budget import utc_today
 from .jsonl import JsonlWriter
 from .processes import ChildEnd, ChildSpec, picklable_error
-from .processor import RELEASE_EVERY, Pipeline, RunControl, process_artist
+from .processor import (
+    RELEASE_EVERY,
+    Pipeline,
+    RunControl,
+    pool_threads,
+    process_artist,
+    with_api_slots,
+)
 from .throttle import RequestCounts, Throttle
 
 logger = logging.getLogger(__name__)
@@ -142,10 +149,10 @@ class _Worker:
         self, spec: ChildSpec, pipeline: Pipeline, control: RunControl, outbox: _Outbox
     ) -> None:
         self._spec = spec
-        self._pipeline = pipeline
+        self._pipeline = with_api_slots(pipeline, spec.workers)
         self._control = control
         self._outbox = outbox
-        self._executor = ThreadPoolExecutor(spec.workers, thread_name_prefix="artist")
+        self._executor = ThreadPoolExecutor(pool_threads(spec.workers), thread_name_prefix="artist")
         self._active = 0
         self._settled = threading.Condition()
         self.stopped_at: float | None = None

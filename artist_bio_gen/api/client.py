@@ -163,6 +163,10 @@ class LazyClientPool(ClientPool):
         self._create_lock = threading.Lock()
 
     def _real(self) -> ClientPool:
+        # Read without the lock once created: every request of every worker passes here.
+        pool = self._pool
+        if pool is not None:
+            return pool
         with self._create_lock:
             if self._pool is None:
                 self._pool = self._factory()

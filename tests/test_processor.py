@@ -149,7 +149,8 @@ def make_run(tmp_path: Path, database: TestDatabase, fake_openai: FakeOpenAI) ->
                 create_client_pool(
                     TEST_API_KEY,
                     fake_openai.base_url,
-                    workers=processor_module.pool_threads(workers),
+                    workers=workers,
+                    threads=processor_module.pool_threads(workers),
                     timeout=REQUEST_TIMEOUT,
                     max_retries=0,
                 )

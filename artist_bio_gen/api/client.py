@@ -196,19 +196,21 @@ def create_client_pool(
     base_url: str | None = None,
     *,
     workers: int,
+    threads: int | None = None,
     timeout: float = 120.0,
     max_retries: int = 3,
 ) -> ClientPool:
-    """A ``ClientPool`` for ``workers`` threads: ``client_count(workers)`` SDK clients.
+    """A ``ClientPool`` for ``workers`` requests at once from ``threads`` threads (default:
+    ``workers``): ``client_count(workers)`` SDK clients.
 
-    Each client holds ``ceil(workers / clients)`` connections, as many as threads get pinned
-    to it; with 64 workers or fewer this is one client with one connection per worker, as
-    ``create_openai_client(max_connections=workers)`` gives.
+    Each client holds ``ceil(threads / clients)`` connections, as many as threads get pinned
+    to it; with 64 workers or fewer this is one client with one connection per thread, as
+    ``create_openai_client(max_connections=threads)`` gives.
     """
     import httpx2
 
     count = client_count(workers)
-    connections = math.ceil(max(workers, 1) / count)
+    connections = math.ceil(max(threads or workers, 1) / count)
     # Loading the CA certificates takes ~20 ms and ~0.8 MB per context: one for all clients.
     ssl_context = httpx2.create_ssl_context()
     return ClientPool(

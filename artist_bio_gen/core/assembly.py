@@ -76,12 +76,13 @@ def open_clients(config: Config, workers: int, *, lazy: bool = False) -> ClientP
 
     def create() -> ClientPool:
         # The SDK's own retries are off: api/call.py owns the loop (429s slow the whole run).
-        # Sized for every thread of the pool (``pool_threads``): a thread keeps its client,
-        # and whichever ``workers`` of them hold the API slots must find a connection free.
+        # A connection for every thread of the pool (``pool_threads``): a thread keeps its
+        # client, and whichever ``workers`` of them hold the API slots must find one free.
         return create_client_pool(
             config.api_key,
             config.base_url,
-            workers=pool_threads(workers),
+            workers=workers,
+            threads=pool_threads(workers),
             timeout=config.request_timeout,
             max_retries=0,
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 from tests.support.data import write_csv
 
 from . import bench_artists
-from .database import BenchDatabases, done_ids_plan, seed_artists
+from .database import BenchDatabases, done_ids_plan, seed_artists, settle
 from .fakeserver import FakeServer
 from .procstat import Series
 from .resume import build_resume_job
@@ -396,6 +396,7 @@ def _resume_once(
     with bench.databases.fresh() as url, bench.workdir(f"resume-{done}") as workdir:
         began = time.monotonic()
         job = build_resume_job(workdir, url, server, done, new)
+        settle(url)
         setup = time.monotonic() - began
         argv = tool_argv("--resume", "--output", str(job.output), "--max-workers", str(workers))
         measured = run_measured(argv, child_env(server.base_url, url), workdir, server)

@@ -367,6 +367,36 @@ def test_an_answer_waiting_for_its_commit_leaves_its_api_slot_to_the_next_artist
     assert len(assert_mirror(run.output, database)) == len(artists)
 
 
+def test_a_stop_wakes_the_threads_waiting_for_an_api_slot(
+    make_run: MakeRun, database: TestDatabase, fake_openai: FakeOpenAI
+) -> None:
+    """Every API slot is held by a request the fake holds; the pool's extra thread waits
+    for a slot with its artist. An interrupt wakes it at once: its artist is not started
+    (no request), and only the W artists inside a request are abandoned after the grace."""
+    workers, grace = 8, 0.3
+    extra = processor_module.commit_threads(workers)
+    assert extra >= 1
+    artists = make_artists(1 + 2 * workers, seed=412)
+    database.seed(artists)
+    run = make_run(workers)
+    job = Background(
+        lambda: run.go(
+            artists, workers=workers, on_outcome=_hold_after_canary(fake_openai, run), grace=grace
+        )
+    )
+    assert fake_openai.wait_for_requests(1 + workers, timeout=PATIENCE)
+    assert _wait_until(lambda: len(_worker_threads()) == workers + extra)
+    time.sleep(0.2)  # the extra thread is waiting for a slot by now
+    run.control.interrupt()
+    tally = job.result()
+    requests = fake_openai.total_requests
+    fake_openai.release()
+
+    assert requests == 1 + workers  # the waiting artist made no request
+    assert tally.abandoned == workers
+    assert tally.committed == 1 and tally.not_started == len(artists) - 1 - workers
+
+
 def test_the_feeder_releases_free_memory_every_release_every_outcomes(
     make_run: MakeRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -149,7 +149,7 @@ class _Worker:
         self, spec: ChildSpec, pipeline: Pipeline, control: RunControl, outbox: _Outbox
     ) -> None:
         self._spec = spec
-        self._pipeline = with_api_slots(pipeline, spec.workers)
+        self._pipeline = with_api_slots(pipeline, spec.workers, control)
         self._control = control
         self._outbox = outbox
         self._executor = ThreadPoolExecutor(pool_threads(spec.workers), thread_name_prefix="artist")

@@ -101,49 +101,56 @@ class ApiSlots:
     """At most ``count`` API requests at once, among more threads (``commit_threads``).
 
     The slots are tokens in a ``queue.SimpleQueue``: taking and giving one back is C code
-    that waits with the GIL released. A ``threading.Semaphore`` waits through a Python
-    ``Condition`` (a new lock per wait, a deque of waiters), which at L=0, where a thread
-    waits for a slot at every artist, cost measurable CPU per artist.
+    that waits with the GIL released. (A ``threading.Semaphore`` waits through a Python
+    ``Condition``, a new lock per wait; at L=0 a thread waits for a slot at nearly every
+    artist.) A waiting thread does not poll: ``stop`` puts a stop token in, which every
+    waiter sees and passes on.
     """
 
-    #: How often a thread waiting for a slot looks at the stop flag.
-    POLL = 0.25
-
     def __init__(self, count: int) -> None:
-        self._free: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[object] = queue.SimpleQueue()
         for _ in range(max(1, count)):
-            self._free.put(None)
+            self._free.put(_SLOT_TOKEN)
 
     def take(self, control: RunControl) -> _Slot | None:
-        """Wait for a slot; None when the run stops meanwhile."""
-        while True:
-            try:
-                self._free.get(timeout=self.POLL)
-            except queue.Empty:
-                if control.stopping:
-                    return None
-            else:
-                return _Slot(self._free)
+        """Wait for a slot; None when the run stops (before or meanwhile)."""
+        if control.stopping:
+            return None
+        if self._free.get() is _STOP_TOKEN:
+            self._free.put(_STOP_TOKEN)  # for the next waiter
+            return None
+        return _Slot(self._free)
+
+    def stop(self) -> None:
+        """Wake every waiting thread with no slot (safe in a signal handler)."""
+        self._free.put(_STOP_TOKEN)
+
+
+_SLOT_TOKEN = object()
+_STOP_TOKEN = object()
 
 
 class _Slot:
     """One thread's API slot; ``release`` may be called more than once."""
 
-    def __init__(self, free: queue.SimpleQueue[None]) -> None:
-        self._free: queue.SimpleQueue[None] | None = free
+    def __init__(self, free: queue.SimpleQueue[object]) -> None:
+        self._free: queue.SimpleQueue[object] | None = free
 
     def release(self) -> None:
         free, self._free = self._free, None
         if free is not None:
-            free.put(None)
+            free.put(_SLOT_TOKEN)
 
 
-def with_api_slots(pipeline: Pipeline, workers: int) -> Pipeline:
-    """``pipeline`` for a pool of ``pool_threads(workers)`` threads: ``workers`` API slots
-    (none needed when the pool has no extra threads)."""
+def with_api_slots(pipeline: Pipeline, workers: int, control: RunControl) -> Pipeline:
+    """``pipeline`` for a pool of ``pool_threads(workers)`` threads: ``workers`` API slots,
+    whose waiters ``control`` wakes when the run stops (none needed when the pool has no
+    extra threads)."""
     if commit_threads(workers) == 0:
         return pipeline
-    return replace(pipeline, api_slots=ApiSlots(workers))
+    slots = ApiSlots(workers)
+    control.on_stop(slots.stop)
+    return replace(pipeline, api_slots=slots)
 
 
 class RunControl:
@@ -158,10 +165,23 @@ class RunControl:
         self.error: ArtistBioGenError | None = None
         self.interrupted = False
         self._emergency_hooks: list[Callable[[], None]] = []
+        self._stop_hooks: list[Callable[[], None]] = []
 
     def on_emergency(self, hook: Callable[[], None]) -> None:
         """Register something to do before an immediate exit (e.g. freeze the writer)."""
         self._emergency_hooks.append(hook)
+
+    def on_stop(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` when the run stops (at once if it has): it must be quick, safe in
+        a signal handler and harmless when called twice."""
+        self._stop_hooks.append(hook)
+        if self.stopping:
+            hook()
+
+    def _stopped(self) -> None:
+        # No lock: interrupt() runs in a signal handler, which must not wait for one.
+        for hook in list(self._stop_hooks):
+            hook()
 
     def run_emergency_hooks(self) -> None:
         """Run the hooks (each one at most ~5 s); the caller exits right after."""
@@ -192,11 +212,13 @@ class RunControl:
             else:
                 self._on_error(error)
         self._stop.set()
+        self._stopped()
 
     def interrupt(self) -> None:
         """Stop the run because a signal asked for it."""
         self.interrupted = True
         self._stop.set()
+        self._stopped()
 
 
 def process_artist(pipeline: Pipeline, control: RunControl, artist: ArtistData) -> Outcome:
@@ -516,7 +538,7 @@ def process_artists_concurrent(
     """
     streak_limit = failure_streak_limit or max(25, 2 * max_workers)
     if executor is None:
-        pipeline = with_api_slots(pipeline, max_workers)
+        pipeline = with_api_slots(pipeline, max_workers, control)
         executor = ThreadPoolExecutor(pool_threads(max_workers), thread_name_prefix="artist")
     return _run_window(
         artists,

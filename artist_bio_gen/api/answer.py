@@ -1,6 +1,6 @@
 """What the tool reads from a Responses API answer, straight from its JSON body.
 
-A run reads five things from each answer: its id, model, creation time, service tier, token
+A run reads six things from each answer: its id, model, creation time, service tier, token
 usage and the text of its ``output_text`` parts. Building the SDK's ``Response`` model for
 that (nested pydantic objects for every output item and part) cost about a tenth of a
 worker's CPU per artist, on the path every artist takes; reading the decoded JSON costs a

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from ..models import ArtistData, GeneratedBio
 from .answer import Answer, UnusableAnswer, read_answer
@@ -99,7 +99,9 @@ def parse_result_line(line: bytes) -> ResultLine:
 
 
 def _answer(artist_id: str, body: object) -> ResultLine:
-    if not isinstance(body, dict) or not _looks_like_response(body):
+    # read_answer checks the id and the creation time; a batch body without an output list
+    # is unusable too (not an empty answer).
+    if not isinstance(body, dict) or not isinstance(body.get("output"), list):
         return _unusable(artist_id)
     try:
         return ResultLine("answer", artist_id, response=read_answer(body))
@@ -110,15 +112,6 @@ def _answer(artist_id: str, body: object) -> ResultLine:
 def _unusable(artist_id: str) -> ResultLine:
     return ResultLine(
         "failed", artist_id, code="bad_response", reason="unusable answer in the batch output"
-    )
-
-
-def _looks_like_response(body: dict[str, Any]) -> bool:
-    # Built leniently, like the SDK builds responses: only what the bio needs is checked.
-    return (
-        isinstance(body.get("id"), str)
-        and isinstance(body.get("created_at"), int | float)
-        and isinstance(body.get("output"), list)
     )
 
 

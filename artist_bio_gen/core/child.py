@@ -24,7 +24,6 @@ import threading
 import time
 import traceback
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from types import FrameType
@@ -40,14 +39,7 @@ from .assembly import assemble_pipeline, closing, open_clients, open_ledger, ope
 from .budget import utc_today
 from .jsonl import JsonlWriter
 from .processes import ChildEnd, ChildSpec, picklable_error
-from .processor import (
-    RELEASE_EVERY,
-    Pipeline,
-    RunControl,
-    pool_threads,
-    process_artist,
-    with_api_slots,
-)
+from .processor import RELEASE_EVERY, Pipeline, RunControl, process_artist, thread_pool
 from .throttle import RequestCounts, Throttle
 
 logger = logging.getLogger(__name__)
@@ -149,10 +141,9 @@ class _Worker:
         self, spec: ChildSpec, pipeline: Pipeline, control: RunControl, outbox: _Outbox
     ) -> None:
         self._spec = spec
-        self._pipeline = with_api_slots(pipeline, spec.workers, control)
+        self._pipeline, self._executor = thread_pool(pipeline, spec.workers, control)
         self._control = control
         self._outbox = outbox
-        self._executor = ThreadPoolExecutor(pool_threads(spec.workers), thread_name_prefix="artist")
         self._active = 0
         self._settled = threading.Condition()
         self.stopped_at: float | None = None

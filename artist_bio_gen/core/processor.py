@@ -142,15 +142,18 @@ class _Slot:
             free.put(_SLOT_TOKEN)
 
 
-def with_api_slots(pipeline: Pipeline, workers: int, control: RunControl) -> Pipeline:
-    """``pipeline`` for a pool of ``pool_threads(workers)`` threads: ``workers`` API slots,
-    whose waiters ``control`` wakes when the run stops (none needed when the pool has no
-    extra threads)."""
+def thread_pool(
+    pipeline: Pipeline, workers: int, control: RunControl
+) -> tuple[Pipeline, ThreadPoolExecutor]:
+    """The threads (``pool_threads(workers)``) of a pool making ``workers`` API requests at
+    once, and ``pipeline`` with the API slots they share (whose waiters ``control`` wakes
+    when the run stops; none when the pool has no extra threads)."""
+    executor = ThreadPoolExecutor(pool_threads(workers), thread_name_prefix="artist")
     if commit_threads(workers) == 0:
-        return pipeline
+        return pipeline, executor
     slots = ApiSlots(workers)
     control.on_stop(slots.stop)
-    return replace(pipeline, api_slots=slots)
+    return replace(pipeline, api_slots=slots), executor
 
 
 class RunControl:
@@ -227,18 +230,18 @@ def process_artist(pipeline: Pipeline, control: RunControl, artist: ArtistData) 
     With ``pipeline.api_slots`` the thread first waits for an API slot (not counted in the
     artist's duration) and gives it back once the answer is in, before the commit.
     """
-    slots = pipeline.api_slots
-    if slots is None:
-        return _settle(pipeline, control, artist, lambda: _run_steps(pipeline, control, artist))
-    slot = slots.take(control)
-    if slot is None:
-        return Outcome(artist.artist_id, artist.name, "not_started")
+    slot: _Slot | None = None
+    if pipeline.api_slots is not None:
+        slot = pipeline.api_slots.take(control)
+        if slot is None:
+            return Outcome(artist.artist_id, artist.name, "not_started")
     try:
         return _settle(
             pipeline, control, artist, lambda: _run_steps(pipeline, control, artist, slot)
         )
     finally:
-        slot.release()
+        if slot is not None:
+            slot.release()  # given back already unless the artist never reached the API
 
 
 @dataclass(frozen=True)
@@ -527,7 +530,7 @@ def process_artists_concurrent(
     ``pool_threads(max_workers)`` threads); returns the tally (``tally``, when given, is the
     one counted into: a progress display may read it meanwhile).
 
-    ``executor`` runs the tasks instead of a pool of ``max_workers`` threads of this
+    ``executor`` runs the tasks instead of a pool of threads of this
     process (``core/processes.py``: worker processes); the window, the canary, the stop
     flags and the grace period are the same.
 
@@ -538,8 +541,7 @@ def process_artists_concurrent(
     """
     streak_limit = failure_streak_limit or max(25, 2 * max_workers)
     if executor is None:
-        pipeline = with_api_slots(pipeline, max_workers, control)
-        executor = ThreadPoolExecutor(pool_threads(max_workers), thread_name_prefix="artist")
+        pipeline, executor = thread_pool(pipeline, max_workers, control)
     return _run_window(
         artists,
         process_artist,

@@ -16,6 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from artist_bio_gen.database.connection import create_db_connection_pool, describe_database
+from artist_bio_gen.database.schema import ensure_ledger, inspect_target_table
+from artist_bio_gen.database.store import BioStore
+from artist_bio_gen.models import DatabaseConfig
+
 from .support.cli import ROOT, TEST_API_KEY, Job, MakeJob
 from .support.data import make_artists, write_csv
 from .support.database import ReadyDatabases, TemplateDatabases, TestDatabase
@@ -70,6 +75,19 @@ def database(ready_databases: ReadyDatabases) -> Iterator[TestDatabase]:
         yield TestDatabase(url)
     finally:
         ready_databases.discard(url)
+
+
+@pytest.fixture
+def store(database: TestDatabase) -> Iterator[BioStore]:
+    """A ``BioStore`` on ``database``'s ``artists`` table (ledger created, twice: the
+    creation is idempotent), with a pool of 4 and 5 s of retries."""
+    config = DatabaseConfig(url=database.url, pool_size=4, retry_seconds=5)
+    pool = create_db_connection_pool(config)
+    where = describe_database(config.url)
+    ensure_ledger(pool, where)
+    ensure_ledger(pool, where)
+    yield BioStore(pool, config, inspect_target_table(pool, "artists", where))
+    pool.close()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 
 import psycopg
@@ -14,15 +13,11 @@ from artist_bio_gen.core.jsonl import encode_line
 from artist_bio_gen.core.legacy import update_artist_bio
 from artist_bio_gen.database.connection import (
     CheckIfIdle,
-    create_db_connection_pool,
-    describe_database,
 )
-from artist_bio_gen.database.schema import ensure_ledger, inspect_target_table
 from artist_bio_gen.database.store import BioStore, JobTotals
 from artist_bio_gen.models import (
     ArtistData,
     CommittedBio,
-    DatabaseConfig,
     GeneratedBio,
     JobRef,
     TokenUsage,
@@ -32,17 +27,6 @@ from .support.data import make_artists
 from .support.database import TestDatabase
 
 JOB = str(uuid.uuid4())
-
-
-@pytest.fixture
-def store(database: TestDatabase) -> Iterator[BioStore]:
-    config = DatabaseConfig(url=database.url, pool_size=4, retry_seconds=5)
-    pool = create_db_connection_pool(config)
-    where = describe_database(config.url)
-    ensure_ledger(pool, where)
-    ensure_ledger(pool, where)  # idempotent
-    yield BioStore(pool, config, inspect_target_table(pool, "artists", where))
-    pool.close()
 
 
 def _row(
@@ -360,3 +344,77 @@ def test_check_if_idle_pings_only_a_connection_not_handed_out_recently(
         now[0] += 0.1
         with pytest.raises(psycopg.OperationalError):
             check(conn)  # known broken: never handed out unchecked
+
+
+# --- commits in groups (core/committer.py) -------------------------------------------------
+
+
+def _ledger_transactions(database: TestDatabase) -> int:
+    """How many transactions wrote the ledger's rows (rows of one transaction share xmin)."""
+    with database.connect() as conn:
+        row = conn.execute("SELECT count(DISTINCT xmin::text) FROM artist_bio_ledger").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_group_commits_in_one_transaction_and_returns_each_bio_in_order(
+    store: BioStore, database: TestDatabase
+) -> None:
+    artists = make_artists(5, seed=60)
+    database.seed(artists)
+    bios = [_row(a.artist_id, f"Bio {i}.")[0] for i, a in enumerate(artists)]
+    job = _row(artists[0].artist_id)[1]
+    committed = store.commit_group(bios, job)
+    assert [c.artist_id for c in committed] == [a.artist_id for a in artists]
+    assert [c.response_text for c in committed] == [f"Bio {i}." for i in range(5)]
+    assert all(c.db_status == "updated" for c in committed)
+    assert database.bios() == {a.artist_id: f"Bio {i}." for i, a in enumerate(artists)}
+    assert _ledger_transactions(database) == 1
+
+
+def test_a_group_keeps_earlier_commits_and_the_first_of_two_answers(
+    store: BioStore, database: TestDatabase
+) -> None:
+    """Retried after an unknown outcome, or holding one artist twice (a batch answer seen
+    twice), a group writes each artist once: the earlier commit stands."""
+    first, second = make_artists(2, seed=61)
+    database.seed([first, second])
+    earlier = store.commit(*_row(first.artist_id, "Earlier."))
+    bios = [
+        _row(first.artist_id, "Later.")[0],
+        _row(second.artist_id, "One.")[0],
+        _row(second.artist_id, "Two.")[0],
+    ]
+    committed = store.commit_group(bios, _row(first.artist_id)[1])
+    assert committed[0] == earlier
+    assert committed[1].response_text == committed[2].response_text == "One."
+    assert committed[1] == committed[2]
+    assert database.bios() == {first.artist_id: "Earlier.", second.artist_id: "One."}
+    assert len(database.ledger()) == 2
+
+
+def test_a_refused_bio_fails_its_whole_group_with_nothing_committed(
+    store: BioStore, database: TestDatabase
+) -> None:
+    artists = make_artists(3, seed=62)
+    database.seed(artists)
+    texts = ["Good.", "bad \x00 bio", "Also good."]
+    bios = [_row(a.artist_id, text)[0] for a, text in zip(artists, texts, strict=True)]
+    with pytest.raises(psycopg.DataError):
+        store.commit_group(bios, _row(artists[0].artist_id)[1])
+    assert database.ledger() == []
+    assert set(database.bios().values()) == {None}
+
+
+def test_a_group_on_a_connection_the_server_closed_goes_through_once(
+    store: BioStore, database: TestDatabase
+) -> None:
+    artists = make_artists(4, seed=63)
+    database.seed(artists)
+    job = _row(artists[0].artist_id)[1]
+    store.commit_group([_row(artists[0].artist_id, "Zero.")[0]], job)
+    assert _terminate_other_backends(database) >= 1
+    bios = [_row(a.artist_id, f"Bio {i}.")[0] for i, a in enumerate(artists[1:])]
+    committed = store.commit_group(bios, job)
+    assert [c.response_text for c in committed] == ["Bio 0.", "Bio 1.", "Bio 2."]
+    assert store.pool.get_stats().get("returns_bad", 0) >= 1
+    assert len(database.ledger()) == 4

@@ -8,6 +8,7 @@ two cannot drift apart.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
@@ -24,10 +25,11 @@ from ..database.store import BioStore
 from ..jobfiles import JobPaths
 from ..utils.logging import TransactionLog
 from .budget import CostBudget, DailyBudget, UsageStore
+from .committer import Committer
 from .failures import FailureLog
 from .jsonl import JsonlWriter
 from .ledger import DatabaseLedger, JsonlOnlyLedger, Ledger
-from .processor import Pipeline, RunControl, pool_threads
+from .processor import Pipeline, RunControl, pool_threads, render_line
 from .throttle import Throttle
 
 
@@ -163,6 +165,11 @@ def assemble_pipeline(
         api_key=config.api_key,
         previous_attempts=previous_attempts,
         call=call_options(config, throttle),
+        # Closed first (the stack unwinds backwards): it still commits and appends through
+        # the ledger's pool and the writer, which the caller opened before.
+        committer=closing(
+            stack, Committer(ledger, writer, functools.partial(render_line, config.prompt))
+        ),
     )
 
 

@@ -293,6 +293,17 @@ class JsonlWriter:
             raise ValueError("a JSONL line must end in a newline")
         self._group.submit(line)
 
+    def append_lines(self, lines: list[bytes]) -> None:
+        """Append several encoded lines with one write (and one fsync), whole or not at all.
+
+        For a caller that gathered the lines itself (``core/committer.py``); returns once
+        they are written and (by default) fsynced.
+        """
+        if not all(line.endswith(b"\n") for line in lines):
+            raise ValueError("a JSONL line must end in a newline")
+        if lines:
+            self._write_batch(lines)
+
     def _write_batch(self, lines: list[bytes]) -> None:
         with self._locked():
             self._append_locked(b"".join(lines), len(lines))

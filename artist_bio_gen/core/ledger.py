@@ -8,6 +8,7 @@ is the source of truth that resume reads and the JSONL mirrors. A job started wi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +27,10 @@ class Ledger(Protocol):
 
     def commit(self, bio: GeneratedBio) -> CommittedBio:
         """Commit one bio; returns it as committed (what its JSONL line is rendered from)."""
+        ...
+
+    def commit_group(self, bios: Sequence[GeneratedBio]) -> list[CommittedBio]:
+        """Commit several bios at once, all or none (raises as ``commit`` does)."""
         ...
 
     def has_bio(self, artist_id: str) -> bool | None:
@@ -68,6 +73,10 @@ class DatabaseLedger:
         """Commit through the store (retried while the database is unreachable)."""
         return self.store.commit(bio, self.job, keep_existing=self.keep_existing)
 
+    def commit_group(self, bios: Sequence[GeneratedBio]) -> list[CommittedBio]:
+        """One transaction through the store (retried as a whole while unreachable)."""
+        return self.store.commit_group(bios, self.job, keep_existing=self.keep_existing)
+
     def has_bio(self, artist_id: str) -> bool | None:
         """Look the user's row up."""
         return self.store.has_bio(artist_id)
@@ -100,6 +109,10 @@ class JsonlOnlyLedger:
     def commit(self, bio: GeneratedBio) -> CommittedBio:
         """Nothing to write but the JSONL line (``db_status`` "null")."""
         return CommittedBio.without_database(bio)
+
+    def commit_group(self, bios: Sequence[GeneratedBio]) -> list[CommittedBio]:
+        """Nothing to write but the JSONL lines."""
+        return [CommittedBio.without_database(bio) for bio in bios]
 
     def has_bio(self, artist_id: str) -> bool | None:
         """Unknown without a database (``--skip-existing`` needs one)."""

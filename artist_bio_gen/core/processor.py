@@ -2,7 +2,8 @@
 
 Each worker does, in this order: (optionally) check the existing bio, call the API, commit
 the bio and its ledger row in one transaction, append the JSONL line rendered from what was
-committed. The main thread only feeds the window and collects ``Outcome`` objects, so memory
+committed (the last two through the process's ``Committer``, which does them for the bios
+of several workers at once). The main thread only feeds the window and collects ``Outcome`` objects, so memory
 stays flat: at most ``2 x workers`` artists are submitted at once and no response outlives
 its worker.
 
@@ -43,9 +44,10 @@ from ..api.request import PromptSettings
 from ..database.connection import first_line
 from ..errors import ArtistBioGenError, DatabaseUnavailableError, OutputWriteError, RunAbortedError
 from ..failure_codes import counts_towards_cap, run_error, stops_run
-from ..models import ArtistData, GeneratedBio, Outcome, TokenUsage
+from ..models import ArtistData, CommittedBio, GeneratedBio, Outcome, TokenUsage
 from ..utils.logging import TransactionLog
 from ..utils.memory import PeriodicRelease
+from .committer import Committer, Settled
 from .failures import FailureLog
 from .jsonl import JsonlWriter, encode_line
 from .ledger import Ledger
@@ -77,6 +79,9 @@ class Pipeline:
     #: The API requests allowed at once (``--max-workers``) when the pool has more threads
     #: than that (see ``ApiSlots``); None: every thread may call the API.
     api_slots: ApiSlots | None = None
+    #: Commits and appends for all the workers, in groups (``core/committer.py``); None:
+    #: each worker commits and appends its own bio.
+    committer: Committer | None = None
 
 
 def commit_threads(workers: int) -> int:
@@ -354,14 +359,16 @@ def _commit_and_append(
     pipeline: Pipeline, control: RunControl, bio: GeneratedBio, *, only_new: bool = False
 ) -> Outcome:
     artist = bio.artist
-    try:
-        committed = pipeline.ledger.commit(bio)
-    except DatabaseUnavailableError as exc:
-        control.abort(exc)
-        return _failed(artist, "db_unavailable", str(exc))
-    except psycopg.Error as exc:
-        # The server refused this bio (e.g. a NUL byte, a constraint): this artist only.
-        return _failed(artist, "db_rejected", first_line(exc))
+    if pipeline.committer is not None:
+        settled = pipeline.committer.settle(bio, only_new=only_new)
+    else:
+        settled = _commit_here(pipeline, bio, only_new)
+    committed = settled.committed
+    if committed is None:
+        return _not_committed(control, artist, settled.error)
+    if settled.append_error is not None:
+        # Committed but not appended: the next start renders the line from the database.
+        control.abort(settled.append_error)
     if only_new and committed.response_id != bio.response_id:
         # Another answer of this artist was committed first (a batch answer mentioned twice):
         # that one stands, and its line is written already (or restored from the ledger).
@@ -372,7 +379,7 @@ def _commit_and_append(
             "already_committed",
             f"response {committed.response_id} was committed before",
         )
-    outcome = Outcome(
+    return Outcome(
         artist.artist_id,
         artist.name,
         "committed",
@@ -383,16 +390,37 @@ def _commit_and_append(
         model=bio.model,
         text=committed.response_text,
     )
-    settings = pipeline.settings
+
+
+def _not_committed(control: RunControl, artist: ArtistData, error: Exception | None) -> Outcome:
+    if isinstance(error, DatabaseUnavailableError):
+        control.abort(error)
+        return _failed(artist, "db_unavailable", str(error))
+    if isinstance(error, psycopg.Error):
+        # The server refused this bio (e.g. a NUL byte, a constraint): this artist only.
+        return _failed(artist, "db_rejected", first_line(error))
+    raise error or RuntimeError("the bio was neither committed nor refused")
+
+
+def render_line(settings: PromptSettings, committed: CommittedBio) -> bytes:
+    """A committed bio's JSONL line, rendered from what was committed, exactly as
+    recovery renders a missing line."""
+    return encode_line(committed, settings.prompt_id, settings.prompt_version)
+
+
+def _commit_here(pipeline: Pipeline, bio: GeneratedBio, only_new: bool) -> Settled:
+    """What the committer does, for one bio, in the worker's own thread."""
     try:
-        # Rendered from what was committed, exactly as recovery renders a missing line.
-        pipeline.writer.append_line(
-            encode_line(committed, settings.prompt_id, settings.prompt_version)
-        )
+        committed = pipeline.ledger.commit(bio)
+    except (DatabaseUnavailableError, psycopg.Error) as exc:
+        return Settled(error=exc)
+    if only_new and committed.response_id != bio.response_id:
+        return Settled(committed)  # an earlier commit stands; its line is written already
+    try:
+        pipeline.writer.append_line(render_line(pipeline.settings, committed))
     except OutputWriteError as exc:
-        # Committed but not appended: the next start renders the line from the database.
-        control.abort(exc)
-    return outcome
+        return Settled(committed, append_error=exc)
+    return Settled(committed)
 
 
 @dataclass

@@ -177,6 +177,43 @@ class BioStore:
 
         return self._with_retries("commit", attempt)
 
+    def commit_group(
+        self, bios: Sequence[GeneratedBio], job: JobRef, *, keep_existing: bool = False
+    ) -> list[CommittedBio]:
+        """Commit several bios in one transaction (one round trip, one WAL flush); returns
+        them as committed, in order.
+
+        The statements are ``commit``'s, pipelined in a transaction: all of them hold or
+        none does. Retried as a whole while the database is unreachable (after a connection
+        lost at COMMIT, the guards of the retry find the rows already written and return
+        them). A bio the server refuses raises ``psycopg.Error`` for the whole group, with
+        nothing committed: the caller commits each bio alone to learn which one it was.
+        """
+        statements = self._sql()
+        params = [_commit_params(bio, job) for bio in bios]
+
+        def attempt() -> list[CommittedBio]:
+            conn = self._pool.getconn()
+            try:
+                statement = statements.commit_bytes(conn, keep_existing)
+                with conn.pipeline(), conn.transaction():
+                    cursor = conn.cursor()
+                    cursor.executemany(statement, params, returning=True)
+                    rows = [cursor.fetchone()]
+                    while cursor.nextset():
+                        rows.append(cursor.fetchone())
+                return [
+                    _committed(values)
+                    if values is not None
+                    # The guard saw an earlier commit of this artist: that one stands.
+                    else self._committed_before(conn, job.job_id, bio.artist.artist_id)
+                    for bio, values in zip(bios, rows, strict=True)
+                ]
+            finally:
+                self._pool.putconn(conn)
+
+        return self._with_retries("commit", attempt)
+
     def has_bio(self, artist_id: str) -> bool | None:
         """True/False whether the user's row has a bio; None when there is no such row."""
 

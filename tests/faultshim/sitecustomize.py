@@ -90,7 +90,8 @@ class _Counter:
 
 
 def _patch_store(module: ModuleType, n: int) -> None:
-    """after_commit: die right after the Nth successful commit returns."""
+    """after_commit: die right after the Nth successful commit returns (alone or in a
+    group)."""
     store_class = module.BioStore
     original = store_class.commit
     counter = _Counter(n)
@@ -101,7 +102,19 @@ def _patch_store(module: ModuleType, n: int) -> None:
             _die("after_commit", n, committed.artist_id, committed.artist_name)
         return committed
 
+    original_group = store_class.commit_group
+
+    def commit_group(self: Any, rows: Any, *args: Any, **kwargs: Any) -> Any:
+        # A group counts one commit per bio; dying after the Nth leaves the whole group
+        # committed and none of its lines appended, as a kill between the two would.
+        group = original_group(self, rows, *args, **kwargs)
+        for committed in group:
+            if counter.hit():
+                _die("after_commit", n, committed.artist_id, committed.artist_name)
+        return group
+
     store_class.commit = commit
+    store_class.commit_group = commit_group
 
 
 def _patch_batches(module: ModuleType, n: int) -> None:

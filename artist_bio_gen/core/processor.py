@@ -3,9 +3,9 @@
 Each worker does, in this order: (optionally) check the existing bio, call the API, commit
 the bio and its ledger row in one transaction, append the JSONL line rendered from what was
 committed (the last two through the process's ``Committer``, which does them for the bios
-of several workers at once). The main thread only feeds the window and collects ``Outcome`` objects, so memory
-stays flat: at most ``2 x workers`` artists are submitted at once and no response outlives
-its worker.
+of several workers at once). The main thread only feeds the window and collects ``Outcome``
+objects, so memory stays flat: at most ``2 x workers`` artists are submitted at once and no
+response outlives its worker.
 
 Failure handling:
 

@@ -1,13 +1,15 @@
 """Committing bios in groups: one transaction and one JSONL write for the bios that
 workers finish at the same moment.
 
-A worker hands its answer to the process's committer thread and waits for its own result.
-The committer takes every bio queued so far (up to ``MAX_GROUP``), commits them in one
-database transaction (one round trip, one WAL flush), renders their lines from what was
-committed and appends them with one write and one fsync, then wakes each worker with its
-result. Under load (hundreds of workers, the interpreter's lock busy) this replaces a round
-trip, a write and an fsync per artist, each a wait for the lock among all the threads, by
-one of each per group; when the run is quiet a group is one bio and costs what it did.
+A worker hands its answer to the process's committer and waits for its own result. The
+commit thread takes every bio queued so far (up to ``MAX_GROUP``) and commits them in one
+database transaction (one round trip, one WAL flush); the append thread takes every group
+committed meanwhile, renders the lines from what was committed, appends them with one write
+and one fsync, then wakes each worker with its result. The two stages overlap: the next
+group commits while the last one's lines are written. Under load (hundreds of workers, the
+interpreter's lock busy) this replaces a round trip, a write and an fsync per artist, each a
+wait for the lock among all the threads, by one of each per group; when the run is quiet a
+group is one bio and costs what it did.
 
 What does not change: each artist's line is appended only after its own commit (the whole
 group's commit), and a crash loses no committed bio (the next start appends the lines the

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +39,49 @@ def test_periodic_release_calls_once_every_n_ticks() -> None:
     for _ in range(10):
         periodic.tick()
     assert len(calls) == 3
+
+
+_HOLES_SCRIPT = """
+import os, sys
+from artist_bio_gen.utils.memory import keep_large_buffers_off_heap
+
+def rss():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+if sys.argv[1] == "off-heap" and not keep_large_buffers_off_heap():
+    print("unsupported")
+    raise SystemExit
+# 64 KiB buffers (the HTTP stack's receive size), each followed by a smaller heap chunk
+# (20 kB: too big for the leftovers of start-up) that stays alive: on the heap, the
+# freed buffers are holes below live chunks.
+big, small = [], []
+for i in range(300):
+    big.append(b"b" * (64 * 1024))  # one allocation each, nothing freed in between
+    small.append(b"s" * 20_000)
+before = rss()
+del big
+print(before - rss())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+@pytest.mark.parametrize("mode", ["off-heap", "default"])
+def test_large_buffers_off_the_heap_go_back_to_the_kernel_when_freed(mode: str) -> None:
+    """With ``keep_large_buffers_off_heap`` 300 freed 64 KiB buffers leave no resident
+    holes (their pages go back at once); with glibc's default they stay resident below the
+    live chunks. A fresh process each: the setting lasts for the rest of a process."""
+    result = subprocess.run(
+        [sys.executable, "-c", _HOLES_SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if result.stdout.strip() == "unsupported":
+        pytest.skip("no mallopt here (not glibc)")
+    handed_back = int(result.stdout)
+    if mode == "off-heap":
+        assert handed_back > 10 * 2**20, handed_back
+    else:
+        assert handed_back < 2 * 2**20, handed_back

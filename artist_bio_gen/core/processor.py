@@ -46,7 +46,7 @@ from ..errors import ArtistBioGenError, DatabaseUnavailableError, OutputWriteErr
 from ..failure_codes import counts_towards_cap, run_error, stops_run
 from ..models import ArtistData, CommittedBio, GeneratedBio, Outcome, TokenUsage
 from ..utils.logging import TransactionLog
-from ..utils.memory import PeriodicRelease
+from ..utils.memory import PeriodicRelease, keep_large_buffers_off_heap
 from .committer import Committer, Settled
 from .failures import FailureLog
 from .jsonl import JsonlWriter, encode_line
@@ -153,6 +153,8 @@ def thread_pool(
     """The threads (``pool_threads(workers)``) of a pool making ``workers`` API requests at
     once, and ``pipeline`` with the API slots they share (whose waiters ``control`` wakes
     when the run stops; none when the pool has no extra threads)."""
+    # Many threads reading responses: keep their receive buffers out of the heap's arenas.
+    keep_large_buffers_off_heap()
     executor = ThreadPoolExecutor(pool_threads(workers), thread_name_prefix="artist")
     if commit_threads(workers) == 0:
         return pipeline, executor

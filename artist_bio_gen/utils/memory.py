@@ -34,30 +34,41 @@ logger = logging.getLogger(__name__)
 
 #: ``mallopt`` parameter number of the mmap threshold (glibc's ``M_MMAP_THRESHOLD``).
 _M_MMAP_THRESHOLD = -3
-#: Requests at least this large are served by ``mmap``: the HTTP stack's 64 KiB receive
-#: buffer is just above it (the bytes object adds its header), a JSONL line is far below.
+#: Requests at least this large that find no room in their arena get an ``mmap`` of their
+#: own: the HTTP stack's 64 KiB receive buffer is just above it (the bytes object adds its
+#: header), a JSONL line is far below.
 LARGE_BUFFER = 64 * 1024
 
 
-def _load_libc_function(name: str, *argtypes: type) -> Callable[..., int] | None:
-    """A function of glibc, or None where this process does not use glibc."""
+def _load_libc() -> ctypes.CDLL | None:
+    """The C library this process uses, or None where it cannot be loaded."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        function = getattr(libc, name)
-    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def _libc_function(
+    libc: ctypes.CDLL | None, name: str, *argtypes: type
+) -> Callable[..., int] | None:
+    """A function of glibc, or None where this process does not use glibc."""
+    function = getattr(libc, name, None)  # musl, macOS, Windows: no such function
+    if function is None:
         return None
     function.argtypes = list(argtypes)
     function.restype = ctypes.c_int
     return function  # type: ignore[no-any-return]
 
 
-_MALLOC_TRIM = _load_libc_function("malloc_trim", ctypes.c_size_t)
-_MALLOPT = _load_libc_function("mallopt", ctypes.c_int, ctypes.c_int)
+_LIBC = _load_libc()  # looked up once: find_library runs ldconfig
+_MALLOC_TRIM = _libc_function(_LIBC, "malloc_trim", ctypes.c_size_t)
+_MALLOPT = _libc_function(_LIBC, "mallopt", ctypes.c_int, ctypes.c_int)
 
 
 def keep_large_buffers_off_heap() -> bool:
-    """Have glibc serve allocations of ``LARGE_BUFFER`` bytes and more with ``mmap`` (for the
-    rest of the process); True if the platform can.
+    """Fix glibc's mmap threshold at ``LARGE_BUFFER`` for the rest of the process: such an
+    allocation that finds no room in its arena is mmapped rather than growing the arena.
+    True if the platform can.
 
     Called when a run's worker threads start. Fixing the threshold also turns off glibc's
     own adjustment of it, which would otherwise raise it past 64 KiB after the first such

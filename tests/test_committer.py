@@ -4,6 +4,7 @@ bio or a failed write reaches exactly the bios it concerns."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -13,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from artist_bio_gen.core.committer import Committer, Settled
+from artist_bio_gen.core.committer import ArrivalRate, Committer, Settled
 from artist_bio_gen.core.jsonl import JsonlWriter, encode_line
 from artist_bio_gen.core.ledger import DatabaseLedger
 from artist_bio_gen.database.store import BioStore
@@ -190,3 +191,55 @@ def test_close_settles_what_is_queued_and_a_late_bio_still_settles(
     assert late.committed is not None and late.committed.response_text == "Late."
     assert len(results) == 5 and all(r.committed is not None for r in results)
     assert len(read_jsonl(writer.path)) == 6 and len(database.ledger()) == 6
+
+
+def test_under_heavy_load_bios_arriving_apart_are_gathered_into_one_group(
+    committer: Committer, database: TestDatabase, writer: JsonlWriter, monkeypatch
+) -> None:
+    """Above the gathering rate, a bio that comes while the group's first waits joins it,
+    though the commit thread was free when the first came."""
+    monkeypatch.setattr("artist_bio_gen.core.committer.GATHER_ABOVE_RATE", -1.0)  # always
+    monkeypatch.setattr("artist_bio_gen.core.committer.GATHER_SECONDS", 0.5)
+    artists = make_artists(3, seed=75)
+    database.seed(artists)
+    bios = [_bio(artist, f"Bio {i}.") for i, artist in enumerate(artists)]
+    results: list[Settled | None] = [None] * 3
+
+    def settle(index: int) -> None:
+        results[index] = committer.settle(bios[index])
+
+    threads = [threading.Thread(target=settle, args=(i,)) for i in range(3)]
+    threads[0].start()
+    _wait_until(lambda: _queued(committer) == 0)  # the commit thread took the first
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert all(r is not None and r.committed is not None for r in results)
+    assert _ledger_transactions(database) == 1
+    assert len(read_jsonl(writer.path)) == 3
+
+
+def test_below_the_gathering_rate_a_lone_bio_is_committed_at_once(
+    committer: Committer, database: TestDatabase, monkeypatch
+) -> None:
+    """A quiet run never waits for a group to fill (were it to gather, this would take
+    the whole 60 s)."""
+    monkeypatch.setattr("artist_bio_gen.core.committer.GATHER_SECONDS", 60.0)
+    artist = make_artists(1, seed=76)[0]
+    database.seed([artist])
+    started = time.monotonic()
+    result = committer.settle(_bio(artist, "Alone."))
+    assert result.committed is not None and result.committed.response_text == "Alone."
+    assert time.monotonic() - started < 30
+
+
+def test_the_arrival_rate_reads_a_steady_rate_and_fades_when_it_stops() -> None:
+    rate = ArrivalRate(window=0.5)
+    assert rate.per_second(0.0) == 0.0
+    for tick in range(500):  # 100 a second for 5 s
+        rate.add(tick * 0.01, 1)
+    assert rate.per_second(4.99) == pytest.approx(100, rel=0.03)
+    rate.add(5.0, 25)  # a group of 25 at once counts as much as 25 apart
+    assert rate.per_second(5.0) == pytest.approx(100 * math.exp(-0.01 / 0.5) + 50, rel=0.03)
+    assert rate.per_second(7.0) < 5  # two seconds of nothing: four windows, e^-4

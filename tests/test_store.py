@@ -13,11 +13,15 @@ from artist_bio_gen.core.jsonl import encode_line
 from artist_bio_gen.core.legacy import update_artist_bio
 from artist_bio_gen.database.connection import (
     CheckIfIdle,
+    create_db_connection_pool,
+    describe_database,
 )
+from artist_bio_gen.database.schema import ensure_ledger, inspect_target_table
 from artist_bio_gen.database.store import BioStore, JobTotals
 from artist_bio_gen.models import (
     ArtistData,
     CommittedBio,
+    DatabaseConfig,
     GeneratedBio,
     JobRef,
     TokenUsage,
@@ -369,6 +373,102 @@ def test_a_group_commits_in_one_transaction_and_returns_each_bio_in_order(
     assert all(c.db_status == "updated" for c in committed)
     assert database.bios() == {a.artist_id: f"Bio {i}." for i, a in enumerate(artists)}
     assert _ledger_transactions(database) == 1
+    # The ledger's order is the group's: a reader of the ledger by seq sees the JSONL's order.
+    assert [c.seq for c in committed] == sorted(c.seq for c in committed)
+    assert [row["artist_id"] for row in database.ledger()] == [a.artist_id for a in artists]
+
+
+def _bios_with_everything(artists: list[ArtistData]) -> list[GeneratedBio]:
+    """Bios whose every column differs from artist to artist (costs known and unknown,
+    data present and absent), so a column mixed up between bios cannot pass unseen."""
+    return [
+        GeneratedBio(
+            artist=ArtistData(a.artist_id, f"N\u00e4me {i}", None if i % 2 else f'{{"k": {i}}}'),
+            response_id=f"resp_{i}",
+            text=f"Bio {i}, 'quotes', \\ {{braces}}: Bj\u00f6rk \U0001f3b5 \u201c{i}\u201d.",
+            created=1_700_000_000 + i,
+            tokens=TokenUsage(10 + i, 20 + i, 30 + 2 * i),
+            model=None if i == 1 else f"model-{i}",
+            service_tier="flex" if i % 2 else "default",
+            cost_usd=None if i == 2 else 0.000123 * (i + 1),
+        )
+        for i, a in enumerate(artists)
+    ]
+
+
+def _outcome(database: TestDatabase, job_id: str) -> tuple[list[dict], dict, set[str]]:
+    """What a job left: its ledger rows (without job, seq and time), the user's bios and
+    which rows' ``updated_at`` moved."""
+    drop = {"seq", "job_id", "committed_at"}
+    rows = [
+        {k: v for k, v in row.items() if k not in drop}
+        for row in database.ledger()
+        if str(row["job_id"]) == job_id
+    ]
+    with database.connect() as conn:
+        moved = conn.execute(
+            "SELECT id::text FROM artists WHERE updated_at > '2001-01-01'"
+        ).fetchall()
+    return rows, database.bios(), {row[0] for row in moved}
+
+
+@pytest.mark.parametrize("keep_existing", [False, True], ids=["overwrite", "keep-existing"])
+def test_a_group_writes_exactly_what_one_commit_at_a_time_writes(
+    store: BioStore, database: TestDatabase, keep_existing: bool
+) -> None:
+    """Every column of every ledger row, each status (a row with a bio, rows without one,
+    an artist with no row) and the user's table come out the same either way."""
+    artists = make_artists(5, seed=64)
+    database.seed(artists[:4])
+    bios = _bios_with_everything(artists)
+
+    def reset() -> None:
+        database.execute(
+            "UPDATE artists SET bio = CASE WHEN id = %s THEN 'Curated.' END, "
+            "updated_at = '2000-01-01'",
+            (artists[0].artist_id,),
+        )
+
+    one_at_a_time = JobRef(str(uuid.uuid4()), "p", "v1", "gpt-x")
+    grouped = dataclasses.replace(one_at_a_time, job_id=str(uuid.uuid4()))
+    reset()
+    singles = [store.commit(bio, one_at_a_time, keep_existing=keep_existing) for bio in bios]
+    expected = _outcome(database, one_at_a_time.job_id)
+    reset()
+    group = store.commit_group(bios, grouped, keep_existing=keep_existing)
+    assert _outcome(database, grouped.job_id) == expected
+    assert [dataclasses.replace(c, seq=0) for c in group] == [
+        dataclasses.replace(c, seq=0) for c in singles
+    ]
+    statuses = [c.db_status for c in group]
+    first = "skipped" if keep_existing else "updated"
+    assert statuses == [first, "updated", "updated", "updated", "skipped"]
+
+
+def test_a_group_finds_the_rows_of_a_table_whose_ids_are_text(database: TestDatabase) -> None:
+    """Each id is cast to the id column's type to find its row."""
+    database.execute(
+        "CREATE TABLE text_artists "
+        "(id VARCHAR(36) PRIMARY KEY, name TEXT, bio TEXT, updated_at TIMESTAMPTZ)"
+    )
+    artists = make_artists(3, seed=65)
+    database.seed(artists[:2], table="text_artists")
+    config = DatabaseConfig(url=database.url, pool_size=2, retry_seconds=5)
+    pool = create_db_connection_pool(config)
+    try:
+        where = describe_database(config.url)
+        ensure_ledger(pool, where)
+        table = inspect_target_table(pool, "text_artists", where)
+        assert table.id_type == "character varying(36)"
+        bios = [_row(a.artist_id, f"Bio {i}.")[0] for i, a in enumerate(artists)]
+        committed = BioStore(pool, config, table).commit_group(bios, _row(artists[0].artist_id)[1])
+    finally:
+        pool.close()
+    assert [c.db_status for c in committed] == ["updated", "updated", "skipped"]
+    assert database.bios("text_artists") == {
+        artists[0].artist_id: "Bio 0.",
+        artists[1].artist_id: "Bio 1.",
+    }
 
 
 def test_a_group_keeps_earlier_commits_and_the_first_of_two_answers(

@@ -11,6 +11,15 @@ interpreter's lock busy) this replaces a round trip, a write and an fsync per ar
 wait for the lock among all the threads, by one of each per group; when the run is quiet a
 group is one bio and costs what it did.
 
+Groups form from the bios already waiting, and under heavy load the commit thread also
+gathers: once this process settles more than ``GATHER_ABOVE_RATE`` bios a second, it waits
+up to ``GATHER_SECONDS`` after taking a group's first bio for more to join. At such rates
+bios arrive a few per millisecond, so the wait turns groups of one or two into groups of
+several, and the CPU each group costs (a statement, a write, an fsync, a wake-up per thread)
+is shared by all of them; a worker's answer waits at most that long more. Below the rate a
+bio is committed as soon as the thread is free, so a run whose API answers take seconds
+(every real one) never waits for a group to fill.
+
 What does not change: each artist's line is appended only after its own commit (the whole
 group's commit), and a crash loses no committed bio (the next start appends the lines the
 file lacks from the database). A crash wastes at most the answers waiting here, and each
@@ -24,8 +33,10 @@ database is unreachable the group is retried as a whole (see ``BioStore.commit_g
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -39,10 +50,22 @@ from .ledger import Ledger
 
 logger = logging.getLogger(__name__)
 
-#: The most bios in one transaction and one write. Groups form only from bios that are
-#: waiting already (no bio waits for a group to fill); the cap bounds one transaction's
-#: size when a fast run (batch answers) queues thousands.
+#: The most bios in one transaction and one write: bounds one transaction's size when a
+#: fast run (batch answers) queues thousands.
 MAX_GROUP = 64
+
+#: Bios a second (settled by this process, over about the last ``_RATE_WINDOW`` seconds)
+#: above which the commit thread gathers a group for up to ``GATHER_SECONDS``. Under load a
+#: group costs about 0.3 ms of CPU whatever its size, so from a few hundred bios a second
+#: on the groups' count is worth cutting; below, a wait would buy nothing. Measured with 64
+#: workers whose answers come at once (500-700 a second): groups of 1.3 bios on average
+#: without gathering, about 4 with 3 ms of it, and the commit and append threads' CPU per
+#: bio about halved. The rate is kept low enough that a slow machine, where the CPU is
+#: scarcest, still gathers.
+GATHER_ABOVE_RATE = 200.0
+#: How long, at most, a group's first bio waits for others while the rate is above.
+GATHER_SECONDS = 0.003
+_RATE_WINDOW = 0.5
 
 
 @dataclass(frozen=True)
@@ -118,13 +141,18 @@ class Committer:
             self._append_and_reply([(requests, self._commit_group(requests))])
 
     def _commit_loop(self) -> None:
+        rate = ArrivalRate(_RATE_WINDOW)
         while True:
             first = self._inbox.get()
             if first is None:
                 break
+            taken = time.monotonic()
             group = [first, *_drain(self._inbox, limit=MAX_GROUP - 1)]
+            if group[-1] is not None and rate.per_second(taken) > GATHER_ABOVE_RATE:
+                group += _gather(self._inbox, MAX_GROUP - len(group), taken + GATHER_SECONDS)
             stop = group[-1] is None
             requests = [request for request in group if request is not None]
+            rate.add(taken, len(requests))
             self._committed.put((requests, self._commit_group(requests)))
             if stop:
                 break
@@ -202,6 +230,27 @@ class Committer:
         return results
 
 
+class ArrivalRate:
+    """Events per second, exponentially weighted over about ``window`` seconds: each event
+    counts ``1 / window`` when it happens and fades by ``e`` every ``window`` seconds, so a
+    steady rate reads as itself and a stop fades out within a few windows."""
+
+    def __init__(self, window: float) -> None:
+        """An estimator that has seen nothing yet (reads 0)."""
+        self._window = window
+        self._rate = 0.0
+        self._at = 0.0
+
+    def add(self, now: float, count: int) -> None:
+        """Record ``count`` events at monotonic time ``now`` (not before the last call's)."""
+        self._rate = self.per_second(now) + count / self._window
+        self._at = now
+
+    def per_second(self, now: float) -> float:
+        """The rate as of ``now``."""
+        return self._rate * math.exp(-(now - self._at) / self._window)
+
+
 Q = TypeVar("Q")
 
 
@@ -212,6 +261,23 @@ def _drain(source: queue.SimpleQueue[Q], limit: int | None) -> list[Q]:
     while limit is None or len(items) < limit:
         try:
             item = source.get_nowait()
+        except queue.Empty:
+            break
+        items.append(item)
+        if item is None:
+            break
+    return items
+
+
+def _gather(source: queue.SimpleQueue[Q], limit: int, deadline: float) -> list[Q]:
+    """Like ``_drain``, but waiting for items until monotonic time ``deadline``."""
+    items: list[Q] = []
+    while len(items) < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            item = source.get(timeout=left)
         except queue.Empty:
             break
         items.append(item)

@@ -257,6 +257,9 @@ class TargetTable:
     name: str
     identifier: sql.Identifier
     has_updated_at: bool
+    #: The ``id`` column's type as the server spells it (``uuid``, ``text``, ...): a commit
+    #: of several bios sends their ids as one array and casts each to it to find the rows.
+    id_type: str
 
 
 def inspect_target_table(pool: ConnectionPool, name: str, where: str) -> TargetTable:
@@ -272,10 +275,11 @@ def inspect_target_table(pool: ConnectionPool, name: str, where: str) -> TargetT
                 f"The database user may not UPDATE table '{name}' in {where}; "
                 f"grant it with: GRANT UPDATE ON {name} TO <user>."
             )
-    return TargetTable(name, identifier, "updated_at" in columns)
+    return TargetTable(name, identifier, "updated_at" in columns, columns["id"])
 
 
-def _columns(conn: psycopg.Connection, name: str, where: str) -> set[str]:
+def _columns(conn: psycopg.Connection, name: str, where: str) -> dict[str, str]:
+    """The table's columns and their types (``format_type``'s spelling, valid in a cast)."""
     oid = one_row(conn.execute("SELECT to_regclass(%s)::oid", (name,)))[0]
     if oid is None:
         raise ConfigError(
@@ -283,10 +287,11 @@ def _columns(conn: psycopg.Connection, name: str, where: str) -> set[str]:
             "'Database') or choose another with --db-table / --test-mode."
         )
     rows = conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
         (oid,),
     ).fetchall()
-    return {row[0] for row in rows}
+    return {row[0]: row[1] for row in rows}
 
 
 def _missing_column_message(table: str, column: str, where: str) -> str:

@@ -15,11 +15,12 @@ the SQL is here with the rest of our tables').
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_CEILING, Decimal
@@ -180,35 +181,37 @@ class BioStore:
     def commit_group(
         self, bios: Sequence[GeneratedBio], job: JobRef, *, keep_existing: bool = False
     ) -> list[CommittedBio]:
-        """Commit several bios in one transaction (one round trip, one WAL flush); returns
-        them as committed, in order.
+        """Commit several bios in one statement (one round trip, one transaction, one WAL
+        flush); returns them as committed, in order.
 
-        The statements are ``commit``'s, pipelined in a transaction: all of them hold or
-        none does. Retried as a whole while the database is unreachable (after a connection
-        lost at COMMIT, the guards of the retry find the rows already written and return
-        them). A bio the server refuses raises ``psycopg.Error`` for the whole group, with
+        The bios travel as one JSON array and each gets ``commit``'s guard (a bio the
+        job already committed for that artist stands); on an autocommit connection the one
+        statement is its own transaction, so all of them hold or none does. Its cost in the
+        driver is one statement's whatever the group's size, where a statement per bio (even
+        pipelined) cost Python time per bio. An artist repeated in the group is sent once and
+        every occurrence gets its first bio, as ``commit`` one after the other would give.
+
+        Retried as a whole while the database is unreachable (after a connection lost at
+        COMMIT, the guards of the retry skip the rows already written and they are read
+        back). A bio the server refuses raises ``psycopg.Error`` for the whole group, with
         nothing committed: the caller commits each bio alone to learn which one it was.
         """
         statements = self._sql()
-        params = [_commit_params(bio, job) for bio in bios]
+        firsts: dict[str, GeneratedBio] = {}
+        for bio in bios:
+            firsts.setdefault(bio.artist.artist_id, bio)
+        params = _group_params(list(firsts.values()), job)
 
         def attempt() -> list[CommittedBio]:
             conn = self._pool.getconn()
             try:
-                statement = statements.commit_bytes(conn, keep_existing)
-                with conn.pipeline(), conn.transaction():
-                    cursor = conn.cursor()
-                    cursor.executemany(statement, params, returning=True)
-                    rows = [cursor.fetchone()]
-                    while cursor.nextset():
-                        rows.append(cursor.fetchone())
-                return [
-                    _committed(values)
-                    if values is not None
+                statement = statements.group_bytes(conn, keep_existing)
+                rows = conn.execute(statement, params).fetchall()
+                committed = {row.artist_id: row for row in map(_committed, rows)}
+                for artist_id in firsts.keys() - committed.keys():
                     # The guard saw an earlier commit of this artist: that one stands.
-                    else self._committed_before(conn, job.job_id, bio.artist.artist_id)
-                    for bio, values in zip(bios, rows, strict=True)
-                ]
+                    committed[artist_id] = self._committed_before(conn, job.job_id, artist_id)
+                return [committed[bio.artist.artist_id] for bio in bios]
             finally:
                 self._pool.putconn(conn)
 
@@ -504,7 +507,9 @@ class _Statements:
     def __init__(self, table: TargetTable):
         self.commit = _commit_statement(table, skip_existing=False)
         self.commit_keep = _commit_statement(table, skip_existing=True)
-        self._commit_bytes: dict[bool, bytes] = {}
+        self.group = _group_statement(table, skip_existing=False)
+        self.group_keep = _group_statement(table, skip_existing=True)
+        self._rendered: dict[tuple[str, bool], bytes] = {}
         self.has_bio = sql.SQL("SELECT bio IS NOT NULL AND bio <> '' FROM {} WHERE id = %s").format(
             table.identifier
         )
@@ -515,11 +520,18 @@ class _Statements:
     def commit_bytes(self, conn: psycopg.Connection, keep_existing: bool) -> bytes:
         """The commit statement as sent, rendered once: the driver would compose it (join
         its parts, quote the identifiers) again on every commit."""
-        rendered = self._commit_bytes.get(keep_existing)
+        return self._render(conn, "commit", keep_existing)
+
+    def group_bytes(self, conn: psycopg.Connection, keep_existing: bool) -> bytes:
+        """The statement committing a group, rendered once (as ``commit_bytes``)."""
+        return self._render(conn, "group", keep_existing)
+
+    def _render(self, conn: psycopg.Connection, which: str, keep_existing: bool) -> bytes:
+        rendered = self._rendered.get((which, keep_existing))
         if rendered is None:
-            statement = self.commit_keep if keep_existing else self.commit
+            statement = getattr(self, f"{which}_keep" if keep_existing else which)
             # Two threads may both render it first: the same bytes either way.
-            rendered = self._commit_bytes[keep_existing] = statement.as_bytes(conn)
+            rendered = self._rendered[which, keep_existing] = statement.as_bytes(conn)
         return rendered
 
 
@@ -581,6 +593,112 @@ def _commit_params(bio: GeneratedBio, job: JobRef) -> dict[str, object]:
         "response_model": bio.model,
         "service_tier": bio.service_tier,
         "cost": _cost_param(bio.cost_usd),
+    }
+
+
+def _group_statement(table: TargetTable, *, skip_existing: bool) -> sql.Composed:
+    """``_commit_statement`` for many bios at once: the same guard and outcome per artist.
+
+    The bios arrive as one JSON array of rows (``_group_params``): the driver sends one text
+    value, encoded by ``json``'s C encoder, where an array per column cost the driver
+    Python work per value. ``given`` is those rows minus the artists the job has committed;
+    it reads ``guard`` so the job's shared lock is held before anything is written. Rows are
+    inserted in the group's order, so their ``seq`` follow it.
+
+    Both look-ups are written so that no plan can scan a whole table, however stale the
+    statistics (a new job's ledger rows are not counted yet while it runs): the ledger is
+    probed once per artist by (job, artist) in a LATERAL subquery with LIMIT, which the
+    planner cannot turn into a join over all the job's rows; the user's rows are found by
+    ``id = ANY(ids)`` on its key, the ids cast to the id column's type.
+    """
+    updated_at = sql.SQL(", updated_at = now()") if table.has_updated_at else sql.SQL("")
+    keep = sql.SQL(" AND (t.bio IS NULL OR t.bio = '')") if skip_existing else sql.SQL("")
+    return sql.SQL(
+        """
+        WITH guard AS (SELECT pg_advisory_xact_lock_shared(%(job_key)s) AS held),
+        given AS (
+            SELECT (r.b->>0)::uuid AS artist_id, r.b->>1 AS name, r.b->>2 AS data,
+                   r.b->>3 AS response_id, r.b->>4 AS text, (r.b->>5)::bigint AS created,
+                   (r.b->>6)::integer AS tin, (r.b->>7)::integer AS tout,
+                   (r.b->>8)::integer AS ttotal, r.b->>9 AS response_model,
+                   r.b->>10 AS service_tier, (r.b->>11)::numeric(14,9) AS cost, r.ord
+            FROM guard, json_array_elements(%(rows)s::json) WITH ORDINALITY AS r(b, ord)
+            LEFT JOIN LATERAL (
+                SELECT 1 AS found FROM {ledger} AS l
+                WHERE l.job_id = %(job_id)s::uuid AND l.artist_id = (r.b->>0)::uuid LIMIT 1
+            ) AS earlier ON true
+            WHERE earlier.found IS NULL
+        ),
+        upd AS (
+            UPDATE {table} AS t SET bio = g.text{updated_at}
+            FROM given AS g
+            WHERE t.id = ANY(%(ids)s::{id_type}[])
+              AND t.id = g.artist_id::text::{id_type}{keep}
+            RETURNING g.ord
+        )
+        INSERT INTO {ledger} (
+            job_id, artist_id, artist_name, artist_data, response_id, response_text,
+            prompt_id, prompt_version, model, created, db_status,
+            input_tokens, output_tokens, total_tokens,
+            response_model, service_tier, cost_usd
+        )
+        SELECT %(job_id)s::uuid, g.artist_id, g.name, g.data, g.response_id, g.text,
+               %(prompt_id)s::text, %(prompt_version)s::text, %(model)s::text, g.created,
+               CASE WHEN g.ord IN (SELECT ord FROM upd) THEN 'updated' ELSE 'skipped' END,
+               g.tin, g.tout, g.ttotal, g.response_model, g.service_tier, g.cost
+        FROM given AS g
+        ORDER BY g.ord
+        ON CONFLICT (job_id, artist_id) DO NOTHING
+        RETURNING {columns}
+        """
+    ).format(
+        table=table.identifier,
+        ledger=sql.Identifier(LEDGER_TABLE),
+        updated_at=updated_at,
+        keep=keep,
+        id_type=sql.SQL(table.id_type),
+        columns=sql.SQL(_LEDGER_COLUMNS),
+    )
+
+
+# ASCII only: a character PostgreSQL text cannot hold (NUL, a lone surrogate) reaches the
+# server as a \u escape it refuses, so the group fails as a whole with nothing committed
+# and each bio is then committed alone, as with any refused bio.
+_ROWS_JSON = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
+def _group_params(bios: Collection[GeneratedBio], job: JobRef) -> dict[str, object]:
+    """``_group_statement``'s parameters: the bios as one JSON array of rows (their
+    columns in ``given``'s order) and their ids as one array literal."""
+    rows = []
+    for bio in bios:
+        artist, tokens = bio.artist, bio.tokens
+        cost = _cost_param(bio.cost_usd)
+        rows.append(
+            (
+                artist.artist_id,
+                artist.name,
+                artist.data,
+                bio.response_id,
+                bio.text,
+                bio.created,
+                tokens.input_tokens,
+                tokens.output_tokens,
+                tokens.total_tokens,
+                bio.model,
+                bio.service_tier,
+                None if cost is None else str(cost),
+            )
+        )
+    return {
+        "job_key": job_lock_key(job.job_id),
+        "job_id": job.job_id,
+        "prompt_id": job.prompt_id,
+        "prompt_version": job.prompt_version,
+        "model": job.model,
+        "rows": _ROWS_JSON.encode(rows),
+        # Canonical UUIDs hold no character an array literal would need to quote.
+        "ids": "{" + ",".join(bio.artist.artist_id for bio in bios) + "}",
     }
 
 

@@ -74,6 +74,29 @@ def _committed(values: TupleRow) -> CommittedBio:
     )
 
 
+def _written(bio: GeneratedBio, cost: Decimal | None, seq: int, status: str) -> CommittedBio:
+    """The ledger row a group's statement has just written for ``bio``, built from what it
+    was sent: only the row's ``seq`` and ``db_status`` come back, not the bio's text a second
+    time (a group's answer stays a few bytes per bio, in the driver's buffers too)."""
+    artist, tokens = bio.artist, bio.tokens
+    return CommittedBio(
+        artist_id=artist.artist_id,
+        artist_name=artist.name,
+        artist_data=artist.data,
+        response_id=bio.response_id,
+        response_text=bio.text,
+        created=int(bio.created),
+        db_status=status,
+        tokens=TokenUsage(
+            tokens.input_tokens or 0, tokens.output_tokens or 0, tokens.total_tokens or 0
+        ),
+        seq=int(seq),
+        model=bio.model,
+        service_tier=bio.service_tier,
+        cost_usd=None if cost is None else float(cost),
+    )
+
+
 def _cost_param(cost: float | None) -> Decimal | None:
     """A cost as the ledger stores it: exact to 1e-9 USD (a float that came out of
     ``api/pricing`` already is), or None when unknown or unstorable.
@@ -200,14 +223,17 @@ class BioStore:
         firsts: dict[str, GeneratedBio] = {}
         for bio in bios:
             firsts.setdefault(bio.artist.artist_id, bio)
-        params = _group_params(list(firsts.values()), job)
+        costs = {artist_id: _cost_param(bio.cost_usd) for artist_id, bio in firsts.items()}
+        params = _group_params(list(firsts.values()), costs, job)
 
         def attempt() -> list[CommittedBio]:
             conn = self._pool.getconn()
             try:
                 statement = statements.group_bytes(conn, keep_existing)
-                rows = conn.execute(statement, params).fetchall()
-                committed = {row.artist_id: row for row in map(_committed, rows)}
+                committed = {
+                    artist_id: _written(firsts[artist_id], costs[artist_id], seq, status)
+                    for artist_id, seq, status in conn.execute(statement, params)
+                }
                 for artist_id in firsts.keys() - committed.keys():
                     # The guard saw an earlier commit of this artist: that one stands.
                     committed[artist_id] = self._committed_before(conn, job.job_id, artist_id)
@@ -649,7 +675,7 @@ def _group_statement(table: TargetTable, *, skip_existing: bool) -> sql.Composed
         FROM given AS g
         ORDER BY g.ord
         ON CONFLICT (job_id, artist_id) DO NOTHING
-        RETURNING {columns}
+        RETURNING artist_id::text, seq, db_status
         """
     ).format(
         table=table.identifier,
@@ -657,7 +683,6 @@ def _group_statement(table: TargetTable, *, skip_existing: bool) -> sql.Composed
         updated_at=updated_at,
         keep=keep,
         id_type=sql.SQL(table.id_type),
-        columns=sql.SQL(_LEDGER_COLUMNS),
     )
 
 
@@ -667,13 +692,16 @@ def _group_statement(table: TargetTable, *, skip_existing: bool) -> sql.Composed
 _ROWS_JSON = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 
-def _group_params(bios: Collection[GeneratedBio], job: JobRef) -> dict[str, object]:
+def _group_params(
+    bios: Collection[GeneratedBio], costs: dict[str, Decimal | None], job: JobRef
+) -> dict[str, object]:
     """``_group_statement``'s parameters: the bios as one JSON array of rows (their
-    columns in ``given``'s order) and their ids as one array literal."""
+    columns in ``given``'s order; ``costs`` by artist, as ``_cost_param`` made them) and
+    their ids as one array literal."""
     rows = []
     for bio in bios:
         artist, tokens = bio.artist, bio.tokens
-        cost = _cost_param(bio.cost_usd)
+        cost = costs[artist.artist_id]
         rows.append(
             (
                 artist.artist_id,

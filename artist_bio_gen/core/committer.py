@@ -150,7 +150,7 @@ class Committer:
             taken = time.monotonic()
             group = [first, *_drain(self._inbox, limit=MAX_GROUP - 1)]
             if group[-1] is not None and rate.per_second(taken) > GATHER_ABOVE_RATE:
-                group += _gather(self._inbox, MAX_GROUP - len(group), taken + GATHER_SECONDS)
+                group += _drain(self._inbox, MAX_GROUP - len(group), taken + GATHER_SECONDS)
             stop = group[-1] is None
             requests = [request for request in group if request is not None]
             rate.add(taken, len(requests))
@@ -255,30 +255,21 @@ class ArrivalRate:
 Q = TypeVar("Q")
 
 
-def _drain(source: queue.SimpleQueue[Q], limit: int | None) -> list[Q]:
-    """What ``source`` holds now, without waiting: up to ``limit`` items, and never past a
-    None (the stop mark, kept as the last item)."""
+def _drain(
+    source: queue.SimpleQueue[Q], limit: int | None, deadline: float | None = None
+) -> list[Q]:
+    """What ``source`` holds now (or, given a monotonic ``deadline``, until then): up to
+    ``limit`` items, and never past a None (the stop mark, kept as the last item)."""
     items: list[Q] = []
     while limit is None or len(items) < limit:
         try:
-            item = source.get_nowait()
-        except queue.Empty:
-            break
-        items.append(item)
-        if item is None:
-            break
-    return items
-
-
-def _gather(source: queue.SimpleQueue[Q], limit: int, deadline: float) -> list[Q]:
-    """Like ``_drain``, but waiting for items until monotonic time ``deadline``."""
-    items: list[Q] = []
-    while len(items) < limit:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            item = source.get(timeout=left)
+            if deadline is None:
+                item = source.get_nowait()
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                item = source.get(timeout=left)
         except queue.Empty:
             break
         items.append(item)

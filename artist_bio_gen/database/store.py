@@ -21,7 +21,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import ROUND_CEILING, Decimal
 from typing import TypeVar
@@ -78,21 +78,10 @@ def _written(bio: GeneratedBio, cost: Decimal | None, seq: int, status: str) -> 
     """The ledger row a group's statement has just written for ``bio``, built from what it
     was sent: only the row's ``seq`` and ``db_status`` come back, not the bio's text a second
     time (a group's answer stays a few bytes per bio, in the driver's buffers too)."""
-    artist, tokens = bio.artist, bio.tokens
-    return CommittedBio(
-        artist_id=artist.artist_id,
-        artist_name=artist.name,
-        artist_data=artist.data,
-        response_id=bio.response_id,
-        response_text=bio.text,
-        created=int(bio.created),
+    return replace(
+        CommittedBio.without_database(bio),
         db_status=status,
-        tokens=TokenUsage(
-            tokens.input_tokens or 0, tokens.output_tokens or 0, tokens.total_tokens or 0
-        ),
         seq=int(seq),
-        model=bio.model,
-        service_tier=bio.service_tier,
         cost_usd=None if cost is None else float(cost),
     )
 

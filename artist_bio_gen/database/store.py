@@ -535,18 +535,21 @@ class _Statements:
     def commit_bytes(self, conn: psycopg.Connection, keep_existing: bool) -> bytes:
         """The commit statement as sent, rendered once: the driver would compose it (join
         its parts, quote the identifiers) again on every commit."""
-        return self._render(conn, "commit", keep_existing)
+        statement = self.commit_keep if keep_existing else self.commit
+        return self._render(conn, ("commit", keep_existing), statement)
 
     def group_bytes(self, conn: psycopg.Connection, keep_existing: bool) -> bytes:
         """The statement committing a group, rendered once (as ``commit_bytes``)."""
-        return self._render(conn, "group", keep_existing)
+        statement = self.group_keep if keep_existing else self.group
+        return self._render(conn, ("group", keep_existing), statement)
 
-    def _render(self, conn: psycopg.Connection, which: str, keep_existing: bool) -> bytes:
-        rendered = self._rendered.get((which, keep_existing))
+    def _render(
+        self, conn: psycopg.Connection, key: tuple[str, bool], statement: sql.Composed
+    ) -> bytes:
+        rendered = self._rendered.get(key)
         if rendered is None:
-            statement = getattr(self, f"{which}_keep" if keep_existing else which)
             # Two threads may both render it first: the same bytes either way.
-            rendered = self._rendered[which, keep_existing] = statement.as_bytes(conn)
+            rendered = self._rendered[key] = statement.as_bytes(conn)
         return rendered
 
 

@@ -1,5 +1,5 @@
 """``python -m artist_bio_gen``."""
 
-from .cli.main import main
+from .entry import main
 
 main()

@@ -38,8 +38,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("core/*",)),
     # 4: the command line: argparse, exit codes, progress, signals.
     ("cli", ("cli/*",)),
-    # 5: the facade on top: the package root re-exports the legacy public API.
-    ("facade", ("__init__", "__main__")),
+    # 5: the facade on top: the package root re-exports the legacy public API; the
+    # command's entry point.
+    ("facade", ("__init__", "__main__", "entry")),
 )
 
 

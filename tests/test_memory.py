@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from artist_bio_gen.entry import tuned_malloc_environment
 from artist_bio_gen.utils.memory import PeriodicRelease, release_free_memory
+
+from .support.cli import MakeJob
+from .support.fake_openai import FakeOpenAI
 
 
 def _rss_bytes() -> int:
@@ -85,3 +89,79 @@ def test_large_buffers_off_the_heap_go_back_to_the_kernel_when_freed(mode: str) 
         assert handed_back > 10 * 2**20, handed_back
     else:
         assert handed_back < 2 * 2**20, handed_back
+
+
+# -- the command runs with glibc's per-thread caches off (entry.py) -----------------------------
+
+
+def test_the_tuned_environment_adds_the_tunable_and_keeps_the_rest() -> None:
+    environ = {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}
+    tuned = tuned_malloc_environment(environ)
+    assert tuned == {
+        "PATH": "/bin",
+        "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072:glibc.malloc.tcache_count=0",
+    }
+    assert tuned_malloc_environment({}) == {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}
+    assert environ["GLIBC_TUNABLES"] == "glibc.malloc.trim_threshold=131072"  # not changed
+
+
+@pytest.mark.parametrize(
+    "tunables",
+    ["glibc.malloc.tcache_count=0", "glibc.malloc.trim_threshold=1:glibc.malloc.tcache_count=7"],
+)
+def test_a_process_already_tuned_or_tuned_by_the_user_is_left_alone(tunables: str) -> None:
+    """No second re-execution, and a user's own value stands."""
+    assert tuned_malloc_environment({"GLIBC_TUNABLES": tunables}) is None
+
+
+def test_importing_the_package_loads_neither_the_sdk_nor_the_driver() -> None:
+    """The command re-executes itself after importing the package: were the SDK and the
+    driver loaded by then, every start would pay for them twice. The public names still
+    load on first use."""
+    script = (
+        "import sys, artist_bio_gen as p\n"
+        "heavy = [m for m in ('openai', 'psycopg', p.__name__ + '.cli.main') if m in sys.modules]\n"
+        "names = sorted(p.__all__) == sorted(p._PUBLIC)\n"
+        "names = names and all(getattr(p, n) is not None for n in p.__all__)\n"
+        "print(heavy, p.main.__module__, names)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.stdout.split() == ["[]", "artist_bio_gen.cli.main", "True"], result
+
+
+def _environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="needs Linux /proc")
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [(None, "glibc.malloc.tcache_count=0"), ("glibc.malloc.tcache_count=3", None)],
+)
+def test_the_command_runs_with_the_caches_off_in_its_own_pid(
+    make_job: MakeJob, fake_openai: FakeOpenAI, given: str | None, expected: str | None
+) -> None:
+    """While a run is under way its process (the pid that was started: the re-execution
+    keeps it) has the tunable in its environment; a user's own value is kept as given."""
+    if not os.confstr("CS_GNU_LIBC_VERSION"):
+        pytest.skip("not glibc")
+    job = make_job(3)
+    fake_openai.hold()
+    try:
+        proc = job.start_process(
+            *job.input_args("--prompt-id", "pmpt_m"), env={"GLIBC_TUNABLES": given}
+        )
+        assert fake_openai.wait_for_requests(1, timeout=60)
+        tunables = _environ_of(proc.pid).get("GLIBC_TUNABLES")
+    finally:
+        fake_openai.release()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert tunables == (expected or given)

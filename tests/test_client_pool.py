@@ -168,3 +168,46 @@ def test_a_lazy_pool_creates_its_clients_on_first_use_only() -> None:
     first = used.client()
     assert used.client() is first and len(used) == 1 and made == [1]
     used.close()
+
+
+def test_a_prepared_pool_creates_its_clients_in_another_thread_once() -> None:
+    """``prepare`` creates the clients in a thread of its own; a worker asking meanwhile
+    waits for that creation instead of starting a second one."""
+    from artist_bio_gen.api.client import LazyClientPool, create_client_pool
+
+    made: list[str] = []
+    asked = threading.Event()
+
+    def factory() -> ClientPool:
+        made.append(threading.current_thread().name)
+        asked.wait(timeout=30)  # the worker asks while the creation is under way
+        return create_client_pool("sk-test", "http://127.0.0.1:9", workers=4)
+
+    pool = LazyClientPool(factory)
+    pool.prepare()
+    deadline = time.monotonic() + 30
+    while not made and time.monotonic() < deadline:
+        time.sleep(0.01)
+    asked.set()
+    first = pool.client()
+    assert pool.client() is first
+    assert made == ["sdk-clients"]
+    pool.close()
+
+
+def test_a_failed_preparation_is_raised_by_the_first_client_call() -> None:
+    from artist_bio_gen.api.client import LazyClientPool
+
+    calls: list[int] = []
+
+    def factory() -> ClientPool:
+        calls.append(1)
+        raise RuntimeError(f"no clients ({len(calls)})")
+
+    pool = LazyClientPool(factory)
+    pool.prepare()
+    deadline = time.monotonic() + 30
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(RuntimeError, match=r"no clients \(2\)"):
+        pool.client()

@@ -97,10 +97,16 @@ def test_keep_existing_never_overwrites(store: BioStore, database: TestDatabase)
 
 
 @pytest.mark.parametrize("chunk", [500_000, 999], ids=["one-chunk", "many-chunks"])
+@pytest.mark.parametrize("expected", [None, 0, 5001, 100_000])
 def test_done_ids_streams_every_id(
-    store: BioStore, database: TestDatabase, chunk: int, monkeypatch: pytest.MonkeyPatch
+    store: BioStore,
+    database: TestDatabase,
+    chunk: int,
+    expected: int | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Every id arrives, whether in one packed chunk or across chunk boundaries."""
+    """Every id arrives, whether in one packed chunk or across chunk boundaries, and
+    whatever the caller's estimate of their number (none: counted)."""
     monkeypatch.setattr("artist_bio_gen.database.store._DONE_CHUNK", chunk)
     ids = [str(uuid.uuid4()) for _ in range(5000)] + ["00000000-0000-0000-0000-000000000000"]
     with database.connect() as conn, conn.cursor() as cur:
@@ -109,7 +115,7 @@ def test_done_ids_streams_every_id(
             "response_text, created, db_status) VALUES (%s, %s, 'n', 'r', 't', 1, 'updated')"
         )
         cur.executemany(ensure_rows, [(JOB, i) for i in ids])
-    done = store.done_ids(JOB)
+    done = store.done_ids(JOB, expected=expected)
     assert len(done) == len(ids)
     assert set(done) == set(ids)
     assert store.count_job_rows(JOB) == len(ids)

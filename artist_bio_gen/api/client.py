@@ -162,6 +162,21 @@ class LazyClientPool(ClientPool):
         self._pool: ClientPool | None = None
         self._create_lock = threading.Lock()
 
+    def prepare(self) -> None:
+        """Start creating the clients now, in a thread of their own, for a run that will
+        surely use them: the SDK's import (about half a second) then overlaps the run's
+        start (the done set comes from the database, the input is read up to the first
+        artist to do) instead of delaying its first request. A worker that needs a client
+        meanwhile waits for this creation rather than starting another; a failure here is
+        left for the first ``client()`` to raise, as without ``prepare``."""
+        threading.Thread(target=self._prepare, name="sdk-clients", daemon=True).start()
+
+    def _prepare(self) -> None:
+        try:
+            self._real()
+        except Exception:  # raised again, to the worker, by the first client()
+            logger.debug("creating the SDK clients ahead failed", exc_info=True)
+
     def _real(self) -> ClientPool:
         # Read without the lock once created: every request of every worker passes here.
         pool = self._pool

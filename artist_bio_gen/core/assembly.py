@@ -72,10 +72,18 @@ def open_ledger(
     return DatabaseLedger(store, config.job_ref(job_id), keep_existing=config.skip_existing)
 
 
-def open_clients(config: Config, workers: int, *, lazy: bool = False) -> ClientPool:
-    """The SDK clients of a pool making ``workers`` API requests at once (``lazy``: created
-    on first use, so a run whose artists all go to worker processes creates none)."""
+def open_clients(config: Config, workers: int) -> ClientPool:
+    """The SDK clients of a pool making ``workers`` API requests at once."""
+    return _client_factory(config, workers)()
 
+
+def open_lazy_clients(config: Config, workers: int) -> LazyClientPool:
+    """``open_clients``, created on first use (or ``prepare``), so a run whose artists all
+    go to worker processes creates none."""
+    return LazyClientPool(_client_factory(config, workers))
+
+
+def _client_factory(config: Config, workers: int) -> Callable[[], ClientPool]:
     def create() -> ClientPool:
         # The SDK's own retries are off: api/call.py owns the loop (429s slow the whole run).
         # A connection for every thread of the pool (``pool_threads``): a thread keeps its
@@ -89,7 +97,7 @@ def open_clients(config: Config, workers: int, *, lazy: bool = False) -> ClientP
             max_retries=0,
         )
 
-    return LazyClientPool(create) if lazy else create()
+    return create
 
 
 def price_override(config: Config) -> Price | None:

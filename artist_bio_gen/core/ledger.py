@@ -82,8 +82,8 @@ class DatabaseLedger:
         return self.store.has_bio(artist_id)
 
     def done_ids(self, manifest: Manifest) -> UuidSet:
-        """The job's ledger rows."""
-        return self.store.done_ids(manifest.job_id)
+        """The job's ledger rows (about as many as the reconciled checkpoint's lines)."""
+        return self.store.done_ids(manifest.job_id, expected=manifest.checkpoint.lines)
 
     def usage(self, job_id: str) -> UsageStore:
         """The job's rows of ``artist_bio_usage``."""

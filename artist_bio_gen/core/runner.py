@@ -40,7 +40,7 @@ from ..utils.uuidset import UuidSet
 from .assembly import (
     assemble_pipeline,
     closing,
-    open_clients,
+    open_lazy_clients,
     open_ledger,
     open_throttle,
     price_override,
@@ -54,7 +54,7 @@ from .jsonl import JsonlWriter
 from .lastrun import LastRunRecorder, run_exit_code
 from .ledger import DatabaseLedger, Ledger
 from .lock import RunLock
-from .processes import WorkerProcesses
+from .processes import WorkerProcesses, choose_processes
 from .processor import OutcomeCallback, Pipeline, RunControl, Tally, process_artists_concurrent
 from .reader import ArtistReader, LineCount, count_input_lines, has_header
 from .recovery import scan_jsonl
@@ -147,6 +147,9 @@ def run_job(
             logger.info("started job %s", job_id)
         manifest = _reconcile(paths, ledger, start.manifest, writer, None)
         mark = _Mark.of(writer)
+        clients = open_lazy_clients(config, config.max_workers)
+        if config.mode == "online" and choose_processes(config, None) == 1:
+            clients.prepare()  # this process will call the API, whatever is left to do
         done = _done_ids(paths, manifest, ledger)
         throttle = closing(stack, open_throttle(config, ledger.usage(job_id), control, today))
         pipeline = assemble_pipeline(
@@ -156,7 +159,7 @@ def run_job(
             ledger=ledger,
             writer=writer,
             throttle=throttle,
-            clients=open_clients(config, config.max_workers, lazy=True),
+            clients=clients,
             previous_attempts=count_attempts(paths.failures, job_id),
         )
         batches: BatchReport | None = None

@@ -310,15 +310,18 @@ class BioStore:
             conn.execute("SET LOCAL lock_timeout = '120s'")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (job_lock_key(job_id),))
 
-    def done_ids(self, job_id: str) -> UuidSet:
+    def done_ids(self, job_id: str, *, expected: int | None = None) -> UuidSet:
         """Ids of the artists committed by a job, in a compact set.
 
         The server packs the ids (16 raw bytes each) into one value per chunk of
         ``_DONE_CHUNK`` ids, walking the (job_id, artist_id) index, so a million done artists
-        arrive as a few large values instead of a million Python objects.
+        arrive as a few large values instead of a million Python objects. The set is sized
+        once for ``expected`` ids (a caller's estimate: the job's checkpoint, which saves a
+        count of the job's rows, 0.2 s at a million) or for the counted rows; a wrong
+        estimate costs only the doublings it was meant to save.
         """
         done = UuidSet()
-        done.reserve(self.count_job_rows(job_id))
+        done.reserve(self.count_job_rows(job_id) if expected is None else expected)
         last: str | None = None
         with self._pool.connection() as conn, conn.cursor(binary=True) as cur:
             while True:

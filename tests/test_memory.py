@@ -1,16 +1,24 @@
-"""utils/memory.py: the C heap's free pages go back to the kernel, every so many artists."""
+"""utils/memory.py and entry.py: the C heap gives its free pages back, glibc runs without its
+per-thread caches, and the cycle collector walks many threads' live objects less often."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from artist_bio_gen.entry import tuned_malloc_environment
-from artist_bio_gen.utils.memory import PeriodicRelease, release_free_memory
+from artist_bio_gen.utils.memory import (
+    YOUNG_COLLECTION_THRESHOLD,
+    PeriodicRelease,
+    collect_young_objects_less_often,
+    release_free_memory,
+)
 
 from .support.cli import MakeJob
 from .support.fake_openai import FakeOpenAI
@@ -165,3 +173,45 @@ def test_the_command_runs_with_the_caches_off_in_its_own_pid(
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert tunables == (expected or given)
+
+
+# -- the cycle collector under many threads ---------------------------------------------------
+
+
+@pytest.fixture
+def thresholds() -> Iterator[None]:
+    """The collector's thresholds as they were, whatever the test set."""
+    saved = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
+
+
+@pytest.mark.usefixtures("thresholds")
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ((700, 10, 10), (YOUNG_COLLECTION_THRESHOLD, 10, 10)),
+        ((700, 20, 5), (YOUNG_COLLECTION_THRESHOLD, 20, 5)),
+        ((50_000, 10, 10), (50_000, 10, 10)),  # a higher one is kept
+        ((0, 10, 10), (0, 10, 10)),  # collection turned off stays off
+    ],
+)
+def test_young_objects_are_collected_less_often_never_more(
+    before: tuple[int, int, int], after: tuple[int, int, int]
+) -> None:
+    gc.set_threshold(*before)
+    collect_young_objects_less_often()
+    assert gc.get_threshold() == after
+
+
+@pytest.mark.usefixtures("thresholds")
+def test_a_pool_of_worker_threads_raises_the_threshold() -> None:
+    from artist_bio_gen.core.processor import Pipeline, RunControl, thread_pool
+
+    gc.set_threshold(700, 10, 10)
+    # Below 8 workers the pipeline comes back as given (no API slots): an empty one does.
+    _, executor = thread_pool(Pipeline.__new__(Pipeline), 4, RunControl())
+    executor.shutdown()
+    assert gc.get_threshold()[0] == YOUNG_COLLECTION_THRESHOLD

@@ -46,7 +46,11 @@ from ..errors import ArtistBioGenError, DatabaseUnavailableError, OutputWriteErr
 from ..failure_codes import counts_towards_cap, run_error, stops_run
 from ..models import ArtistData, CommittedBio, GeneratedBio, Outcome, TokenUsage
 from ..utils.logging import TransactionLog
-from ..utils.memory import PeriodicRelease, keep_large_buffers_off_heap
+from ..utils.memory import (
+    PeriodicRelease,
+    collect_young_objects_less_often,
+    keep_large_buffers_off_heap,
+)
 from .committer import Committer, Settled
 from .failures import FailureLog
 from .jsonl import JsonlWriter, encode_line
@@ -153,8 +157,10 @@ def thread_pool(
     """The threads (``pool_threads(workers)``) of a pool making ``workers`` API requests at
     once, and ``pipeline`` with the API slots they share (whose waiters ``control`` wakes
     when the run stops; none when the pool has no extra threads)."""
-    # Many threads reading responses: keep their receive buffers out of the heap's arenas.
+    # Many threads reading responses: keep their receive buffers out of the heap's arenas,
+    # and do not walk their live objects 40 times a second looking for garbage.
     keep_large_buffers_off_heap()
+    collect_young_objects_less_often()
     executor = ThreadPoolExecutor(pool_threads(workers), thread_name_prefix="artist")
     if commit_threads(workers) == 0:
         return pipeline, executor

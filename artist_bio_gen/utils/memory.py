@@ -31,12 +31,17 @@ with the caches off, +4.2% to +4.5% with them on, and 1 to 2 MB less RSS through
 cost measurable at 700 artists a second.)
 
 Only glibc has ``malloc_trim``, ``mallopt`` and tunables; elsewhere these do nothing.
+
+Python's own cycle collector is tuned here too (``collect_young_objects_less_often``): not
+memory given back, but the CPU that looking for garbage costs when many threads each hold
+the live objects of a request.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 from collections.abc import Callable
 
@@ -117,3 +122,27 @@ class PeriodicRelease:
         self._count += 1
         if self._count % self._every == 0:
             (self._release or release_free_memory)()
+
+
+#: New container objects (net of those freed) after which CPython collects its youngest
+#: generation; its default is 700.
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
+def collect_young_objects_less_often() -> None:
+    """Raise the youngest generation's collection threshold to ``YOUNG_COLLECTION_THRESHOLD``
+    (never lower it) for the rest of the process.
+
+    Why: each worker thread holds the live objects of its request (headers, frames,
+    generators, the SDK's state), 4,000 to 9,000 young objects at any moment with 64
+    workers, and every collection of the youngest generation walks them all, to free
+    nothing of them. At the default threshold that is about 40 collections a second at 700
+    answers a second (measured, 8,000 artists, 64 workers: 290-330 collections, 0.14-0.2 s
+    of CPU, against 0.02 s in a loop of bare SDK calls); at 10,000 it was 16 collections and
+    0.025 s. Called when a pool of worker threads starts. The cost: garbage held in
+    reference cycles waits longer to be freed, bounded by the threshold whatever the
+    run's size.
+    """
+    young, middle, old = gc.get_threshold()
+    if 0 < young < YOUNG_COLLECTION_THRESHOLD:  # 0: collection is off; leave it so
+        gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)

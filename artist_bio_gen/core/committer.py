@@ -20,9 +20,9 @@ wake-up per thread) is shared by all of them; a worker's answer waits at most th
 more. One sleep, not a wait that wakes at each arrival: each wake-up of the thread costs
 CPU and a turn at the interpreter's lock among the workers (measured with 64 workers at
 550-600 answers a second: the commit thread's CPU 0.67-0.72 s per 8,000 bios against
-0.77-0.87 s). Below the rate a
-bio is committed as soon as the thread is free, so a run whose API answers take seconds
-(every real one, unless its workers number thousands) never waits for a group to fill.
+0.77-0.87 s). Below the rate a bio is committed as soon as the thread is free, so a run
+whose API answers take seconds (every real one, unless its workers number thousands) never
+waits for a group to fill.
 
 What does not change: each artist's line is appended only after its own commit (the whole
 group's commit), and a crash loses no committed bio (the next start appends the lines the
@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 MAX_GROUP = 64
 
 #: Bios a second (settled by this process, over about the last ``_RATE_WINDOW`` seconds)
-#: above which the commit thread gathers a group for up to ``GATHER_SECONDS``. Under load a
+#: above which the commit thread gathers a group for ``GATHER_SECONDS``. Under load a
 #: group costs about 0.3 ms of CPU whatever its size, so from a few hundred bios a second
 #: on the groups' count is worth cutting; below, a wait would buy nothing. Measured with 64
 #: workers whose answers come at once (550-700 a second, 8,000 artists): groups of 1.3 bios
@@ -68,7 +68,8 @@ MAX_GROUP = 64
 #: machine, where the CPU is scarcest, still gathers, and above what 256 workers whose
 #: answers take a second (256 a second) ask for.
 GATHER_ABOVE_RATE = 300.0
-#: How long, at most, a group's first bio waits for others while the rate is above.
+#: How long the commit thread sleeps after taking a group's first bio while the rate is
+#: above (unless the group is full already), before taking the bios that came meanwhile.
 GATHER_SECONDS = 0.008
 _RATE_WINDOW = 0.5
 

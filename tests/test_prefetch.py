@@ -69,6 +69,15 @@ def test_an_error_of_the_producer_is_raised_in_place_of_its_item() -> None:
     assert not _producer_threads()
 
 
+def test_a_producer_failing_before_its_first_item_fails_the_caller_not_hangs_it() -> None:
+    def produce() -> Iterator[int]:
+        raise ConnectionError("database unreachable")
+
+    with pytest.raises(ConnectionError, match="unreachable"):
+        list(prefetched(produce, name="test-prefetch"))
+    assert not _producer_threads()
+
+
 @pytest.mark.parametrize("how", ["break", "raise"])
 def test_a_caller_stopping_early_stops_and_closes_the_producer(how: str) -> None:
     producer = _Producer(1000)

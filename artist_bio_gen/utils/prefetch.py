@@ -42,8 +42,9 @@ def prefetched(produce: Callable[[], Iterator[T]], *, name: str) -> Generator[T,
     stop = threading.Event()
 
     def run() -> None:
-        items = produce()
+        items: Iterator[T] | None = None
         try:
+            items = produce()  # a plain function (not a generator) may fail right here
             for item in items:
                 handoff.put(item)
                 if stop.is_set():

@@ -137,9 +137,10 @@ def collect_young_objects_less_often() -> None:
     generators, the SDK's state), 4,000 to 9,000 young objects at any moment with 64
     workers, and every collection of the youngest generation walks them all, to free
     nothing of them. At the default threshold that is about 40 collections a second at 700
-    answers a second (measured, 8,000 artists, 64 workers: 290-330 collections, 0.14-0.2 s
-    of CPU, against 0.02 s in a loop of bare SDK calls); at 10,000 it was 16 collections and
-    0.025 s. Called when a pool of worker threads starts. The cost: garbage held in
+    answers a second (measured, 8,000 artists at L=0, 64 workers, the whole run: 290-410
+    young collections costing 0.12-0.2 s of CPU, and with the older collections they
+    trigger 0.26-0.31 s, against 0.02 s in a loop of bare SDK calls); at 10,000 it was
+    0.02-0.04 s in all. Called when a pool of worker threads starts. The cost: garbage held in
     reference cycles waits longer to be freed, bounded by the threshold whatever the
     run's size.
     """

@@ -11,7 +11,8 @@ or collects files ``out.batch-upload.jsonl``, ``out.batch-download.jsonl`` and
 The manifest records the job id (the key of its ledger rows), the input file and the
 settings that define what a bio of this job is (prompt, model, instructions, database and
 table) and how its requests travel (``mode``: online, or batch), plus a checkpoint of how
-far the JSONL and the ledger are known to agree. It is replaced atomically, carries a
+far the JSONL and the ledger are known to agree and a mark of how far into the input every
+artist is done (``InputMark``). It is replaced atomically, carries a
 ``format`` number, and a format this version does not know (written by a newer version of
 the tool) is refused instead of being misread.
 """
@@ -112,6 +113,33 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class InputMark:
+    """How far into the input every artist was done when a run ended.
+
+    Every artist of the input's first ``offset`` bytes (``lines`` lines) had a ledger row
+    when the run that wrote the mark ended, so a ``--resume`` may start reading there
+    instead of reading past them again. It trusts the mark only while both sides still
+    hold what they held then: the input's first ``offset`` bytes still hash to ``sha256``,
+    and the job's ledger still has ``ledger_rows`` rows up to sequence ``ledger_seq``
+    (rows are never deleted by the tool, and new rows get higher sequence numbers, so a row
+    deleted by hand shows as a shortfall). Otherwise the resume reads the whole input.
+
+    The counts are the reader's own for those lines, so a resume reports the same figures
+    as one that read them: ``done`` records whose id is done (duplicates included),
+    ``bad_lines`` unusable rows, ``skipped_lines`` blank, comment and header lines.
+    """
+
+    offset: int
+    lines: int
+    done: int
+    bad_lines: int
+    skipped_lines: int
+    sha256: str
+    ledger_seq: int
+    ledger_rows: int
+
+
+@dataclass(frozen=True)
 class JobSettings:
     """The settings that define a job's bios."""
 
@@ -141,6 +169,9 @@ class Manifest:
     #: The database URL is not stored (it may hold a password); instructions are stored in
     #: full so that a resume sends exactly the same request.
     instructions: str | None = field(default=None)
+    #: Where a resume may start reading the input (None: from the top). Earlier versions
+    #: ignore the key, so the format number does not change.
+    input_mark: InputMark | None = None
 
     @property
     def job_ref(self) -> JobRef:
@@ -169,6 +200,7 @@ class Manifest:
             checkpoint=Checkpoint(**data.get("checkpoint") or {}),
             legacy_prefix=int(data.get("legacy_prefix", 0)),
             instructions=data.get("instructions"),
+            input_mark=InputMark(**data["input_mark"]) if data.get("input_mark") else None,
         )
 
 

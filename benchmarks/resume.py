@@ -6,6 +6,11 @@ the tool would have: ledger rows with COPY, and for each the JSONL line rendered
 row (``encode_line(CommittedBio)``), and the manifest checkpoint is moved to the
 new end of both, so the resumed start does not rescan anything. Finally the input CSV is
 rewritten to list every done artist followed by a few new ones.
+
+The manifest keeps no input mark (the seed run's is dropped): the first resume reads past
+every done line, as a resume of a job last run by a version without marks, or whose input
+changed before its mark, does. That resume ends like any run, writing the mark the next
+resume starts from (``add_new_artists`` gives it something to do).
 """
 
 from __future__ import annotations
@@ -125,8 +130,20 @@ def build_resume_job(workdir: Path, url: str, server: FakeServer, done: int, new
         copy_ledger_rows(url, _ledger_rows(manifest.job_id, done_artists, jsonl))
     rows, last_seq = ledger_stats(url, manifest.job_id)
     checkpoint = Checkpoint(jsonl_size=output.stat().st_size, ledger_seq=last_seq, lines=rows)
-    write_manifest(paths, replace(manifest, checkpoint=checkpoint))
+    write_manifest(paths, replace(manifest, checkpoint=checkpoint, input_mark=None))
     # The input as a user would have it: every artist of the job, the new ones last.
     write_csv(Path(manifest.input), bench_artists(done, _DONE_SEED))
     append_csv(Path(manifest.input), new_artists)
     return ResumeJob(output, manifest.job_id, rows, new)
+
+
+def add_new_artists(url: str, job: ResumeJob, seed: int) -> ResumeJob:
+    """``job.new`` more artists at the end of the input (and in the user's table), after a
+    resume did the previous ones: the job then has that many more done."""
+    more = list(bench_artists(job.new, seed, prefix="Newer"))
+    seed_artists(url, more)
+    manifest = read_manifest(JobPaths(job.output))
+    if manifest is None:
+        raise RuntimeError(f"the job beside {job.output} has no manifest")
+    append_csv(Path(manifest.input), more)
+    return replace(job, done=job.done + job.new)

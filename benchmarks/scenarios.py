@@ -19,7 +19,7 @@ from . import bench_artists
 from .database import BenchDatabases, done_ids_plan, seed_artists, settle
 from .fakeserver import FakeServer
 from .procstat import Series
-from .resume import build_resume_job
+from .resume import ResumeJob, add_new_artists, build_resume_job
 from .timeline import Rates, Window, commit_durations, quantile, rates, transaction_times
 from .tool import (
     Measured,
@@ -376,53 +376,74 @@ class ResumeRun:
 
 @dataclass(frozen=True)
 class ResumeResult:
-    """Target 4: the big resume, and a small one as the memory baseline."""
+    """Target 4: the big resume, and a small one as the memory baseline.
+
+    Each job is resumed twice: first without an input mark (the resume reads past every
+    done line), then, with a few artists appended to its input, from the mark the first
+    resume wrote when it ended.
+    """
 
     big: ResumeRun
+    big_unmarked: ResumeRun
     baseline: ResumeRun
+    baseline_unmarked: ResumeRun
     plan: str
     setup_seconds: float
 
     @property
     def done_set_bytes(self) -> int:
-        """Peak RSS growth attributable to the done artists."""
-        return self.big.peak_rss - self.baseline.peak_rss
+        """Peak RSS growth attributable to the done artists (the larger of the two
+        comparisons: both resumes hold the whole done set)."""
+        return max(
+            self.big.peak_rss - self.baseline.peak_rss,
+            self.big_unmarked.peak_rss - self.baseline_unmarked.peak_rss,
+        )
+
+
+def _measure_resume(
+    bench: Bench, server: FakeServer, job: ResumeJob, url: str, workdir: Path, workers: int
+) -> ResumeRun:
+    argv = tool_argv("--resume", "--output", str(job.output), "--max-workers", str(workers))
+    measured = run_measured(argv, child_env(server.base_url, url), workdir, server)
+    check_exit(measured, f"the resume over {job.done:,} done artists")
+    if measured.first_request is None or measured.server_stats.total != job.new:
+        raise RuntimeError(
+            f"the resume sent {measured.server_stats.total} requests, expected {job.new}"
+        )
+    return ResumeRun(
+        done=job.done,
+        new=job.new,
+        time_to_first_request=measured.first_request - measured.spawned,
+        wall=measured.ended - measured.spawned,
+        peak_rss=measured.peak_rss,
+    )
 
 
 def _resume_once(
     bench: Bench, server: FakeServer, done: int, new: int, workers: int
-) -> tuple[ResumeRun, str, float]:
+) -> tuple[ResumeRun, ResumeRun, str, float]:
+    """(from the mark, without a mark, the done ids' query plan, seconds to build the job)."""
     server.set_latency(0.0)
     with bench.databases.fresh() as url, bench.workdir(f"resume-{done}") as workdir:
         began = time.monotonic()
         job = build_resume_job(workdir, url, server, done, new)
         settle(url)
         setup = time.monotonic() - began
-        argv = tool_argv("--resume", "--output", str(job.output), "--max-workers", str(workers))
-        measured = run_measured(argv, child_env(server.base_url, url), workdir, server)
-        check_exit(measured, f"the resume over {done:,} done artists")
+        unmarked = _measure_resume(bench, server, job, url, workdir, workers)
+        job = add_new_artists(url, job, seed=done + new)
+        settle(url)
+        marked = _measure_resume(bench, server, job, url, workdir, workers)
         plan = done_ids_plan(url, job.job_id)
-    if measured.first_request is None or measured.server_stats.total != new:
-        raise RuntimeError(
-            f"the resume sent {measured.server_stats.total} requests, expected {new}"
-        )
-    run = ResumeRun(
-        done=job.done,
-        new=new,
-        time_to_first_request=measured.first_request - measured.spawned,
-        wall=measured.ended - measured.spawned,
-        peak_rss=measured.peak_rss,
-    )
-    return run, plan, setup
+    return marked, unmarked, plan, setup
 
 
 def resume_start(
     bench: Bench, server: FakeServer, done: int, baseline_done: int, new: int, workers: int
 ) -> ResumeResult:
     """``--resume`` over ``done`` done artists, and over ``baseline_done`` for comparison."""
-    baseline, _, _ = _resume_once(bench, server, baseline_done, new, workers)
-    big, plan, setup = _resume_once(bench, server, done, new, workers)
-    return ResumeResult(big, baseline, plan, setup)
+    baseline, baseline_unmarked, _, _ = _resume_once(bench, server, baseline_done, new, workers)
+    big, big_unmarked, plan, setup = _resume_once(bench, server, done, new, workers)
+    return ResumeResult(big, big_unmarked, baseline, baseline_unmarked, plan, setup)
 
 
 __all__ = [

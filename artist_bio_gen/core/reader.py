@@ -222,16 +222,27 @@ class _Lines:
     the bytes also lets ``skip_done`` pass over a resume's done lines in bulk.
     """
 
-    def __init__(self, file: BinaryIO, block: int = _SMALL_BLOCK) -> None:
+    def __init__(
+        self, file: BinaryIO, block: int = _SMALL_BLOCK, *, offset: int = 0, lines: int = 0
+    ) -> None:
+        """Read ``file`` from byte ``offset``, the start of line ``lines + 1``."""
         self._file = file
         self._block = block
         self._buf = b""
         self._pos = 0  # where the unread lines of _buf start
+        self._base = offset  # the file offset of _buf[0]
+        if offset:
+            file.seek(offset)
         self._eof = False
-        self._first = True
+        self._first = not offset  # a BOM counts only at the very start
         self._window = 0  # set by skip_done
         #: Lines consumed so far.
-        self.count = 0
+        self.count = lines
+
+    @property
+    def offset(self) -> int:
+        """The file offset of the first byte not consumed yet."""
+        return self._base + self._pos
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -253,10 +264,13 @@ class _Lines:
         block = self._file.read(max(self._block, len(self._buf) - self._pos))
         if self._first:
             self._first = False
-            block = block.removeprefix(_BOM)
+            if block.startswith(_BOM):
+                block = block[len(_BOM) :]
+                self._base = len(_BOM)
         if not block:
             self._eof = True
             return False
+        self._base += self._pos
         self._buf = self._buf[self._pos :] + block
         self._pos = 0
         return True
@@ -328,6 +342,20 @@ class _Lines:
         self.count += lines
 
 
+class InputPosition(NamedTuple):
+    """A point in the input between two records, and the reader's counts up to it."""
+
+    #: Bytes before it (a BOM included).
+    offset: int = 0
+    #: Physical lines before it.
+    lines: int = 0
+    #: Records before it whose artist is done (yielded ones, once they are committed).
+    done: int = 0
+    bad_lines: int = 0
+    #: Blank, comment and header lines before it.
+    skipped_lines: int = 0
+
+
 class ArtistReader:
     """Iterate the artists of an input CSV lazily, one record at a time.
 
@@ -336,6 +364,8 @@ class ArtistReader:
     ids seen so far (a ``UuidSet``: ~16-53 bytes per id).
 
     ``skip_ids`` holds canonical ids that are already done: their rows are not yielded.
+    ``start`` (a ``position()`` of an earlier reader of the same bytes) begins there: the
+    lines before it are not read, and their counts carry over.
 
     Counters, updated while iterating:
 
@@ -348,23 +378,32 @@ class ArtistReader:
     * ``exhausted``: True once the end of the file was reached.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, skip_ids: Container[str] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        skip_ids: Container[str] | None = None,
+        start: InputPosition | None = None,
+    ):
         self.path = os.fspath(path)
+        start = start or InputPosition()
         self.rows = 0
-        self.skipped_lines = 0
-        self.error_lines = 0
+        self.skipped_lines = start.skipped_lines
+        self.error_lines = start.bad_lines
         self.duplicate_lines = 0
-        self.already_done = 0
-        self.lines_read = 0
+        self.already_done = start.done
+        self.lines_read = start.lines
         self.exhausted = False
         self._skip_ids = skip_ids
         self._seen = UuidSet()
-        self._header_possible = True  # until the first non-blank, non-comment row
+        # Until the first non-blank, non-comment row.
+        self._header_possible = not (start.done or start.bad_lines)
         self._problems = 0  # per-line warnings issued, for flood control
         self._file = _open_input(self.path)
         # A resume's done lines are passed over in bulk when the done ids are a UuidSet.
         self._done_fast = skip_ids if isinstance(skip_ids, UuidSet) and len(skip_ids) else None
-        self._lines = _Lines(self._file, _BLOCK if self._done_fast is not None else _SMALL_BLOCK)
+        block = _BLOCK if self._done_fast is not None else _SMALL_BLOCK
+        self._lines = _Lines(self._file, block, offset=start.offset, lines=start.lines)
         self._backoff = 0  # records to leave to the csv module after a poor fast-path try
         self._wait = 0  # of which still to go
         self._records = self._iterate()
@@ -505,6 +544,18 @@ class ArtistReader:
             )
         logger.debug(message, *args)
 
+    def position(self) -> InputPosition:
+        """Where the reader is: a reader started there reads what this one has not read and
+        ends with the same counts. Records whose id was done or repeated count as done: a
+        reader started there knows them only as lines it does not read again."""
+        return InputPosition(
+            self._lines.offset,
+            self.lines_read,
+            self.rows + self.already_done + self.duplicate_lines,
+            self.error_lines,
+            self.skipped_lines,
+        )
+
     # -- resource handling -----------------------------------------------------------
 
     def close(self) -> None:
@@ -540,9 +591,10 @@ class LineCount(NamedTuple):
     skipped: int
 
 
-def count_input_lines(path: str | os.PathLike[str]) -> LineCount | None:
-    """Count the file at ``path`` in one pass of large blocks (about 0.03 s per million
-    lines); None when it is not a regular file: a pipe can be read only once."""
+def count_input_lines(path: str | os.PathLike[str], offset: int = 0) -> LineCount | None:
+    """Count the file at ``path`` from byte ``offset`` (the start of a line) in one pass of
+    large blocks (about 0.03 s per million lines); None when it is not a regular file: a
+    pipe can be read only once."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None
@@ -551,6 +603,7 @@ def count_input_lines(path: str | os.PathLike[str]) -> LineCount | None:
         # because a newline there is judged by the bytes that follow it.
         tail = b"\n"
         with open(path, "rb") as handle:
+            handle.seek(offset)
             while block := handle.read(1 << 20):
                 lines += block.count(b"\n")
                 data = tail + block

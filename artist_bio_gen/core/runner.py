@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
 from ..api.batches import BatchApi
 from ..api.client import create_openai_client
@@ -35,7 +36,7 @@ from ..database.connection import describe_database
 from ..database.store import JobTotals
 from ..errors import ArtistBioGenError, LimitReachedError, UsageError
 from ..jobfiles import JobPaths, Manifest, write_manifest
-from ..models import ArtistData, ProcessingStats
+from ..models import ArtistData, Outcome, ProcessingStats
 from ..utils.uuidset import UuidSet
 from .assembly import (
     assemble_pipeline,
@@ -49,6 +50,7 @@ from .batch import BatchReport, BatchRun, run_batch
 from .batch_parts import BatchParts
 from .budget import utc_today
 from .failures import batch_failures, count_attempts
+from .inputmark import InputTracker, MarkCheck, make_mark
 from .job import decide_job
 from .jsonl import JsonlWriter
 from .lastrun import LastRunRecorder, run_exit_code
@@ -56,7 +58,7 @@ from .ledger import DatabaseLedger, Ledger
 from .lock import RunLock
 from .processes import WorkerProcesses, choose_processes
 from .processor import OutcomeCallback, Pipeline, RunControl, Tally, process_artists_concurrent
-from .reader import ArtistReader, LineCount, count_input_lines, has_header
+from .reader import ArtistReader, InputPosition, LineCount, count_input_lines, has_header
 from .recovery import scan_jsonl
 from .throttle import RequestCounts
 from .view import RunView
@@ -147,10 +149,12 @@ def run_job(
             logger.info("started job %s", job_id)
         manifest = _reconcile(paths, ledger, start.manifest, writer, None)
         mark = _Mark.of(writer)
+        check = _mark_check(config, manifest, ledger)  # hashes the input while ids load
         clients = open_lazy_clients(config, config.max_workers)
         if config.mode == "online" and choose_processes(config, None) == 1:
             clients.prepare()  # this process will call the API, whatever is left to do
-        done = _done_ids(paths, manifest, ledger)
+        done, ledger_rows = _done_ids(paths, manifest, ledger)
+        input_start = _input_start(check, ledger, job_id, ledger_rows)
         throttle = closing(stack, open_throttle(config, ledger.usage(job_id), control, today))
         pipeline = assemble_pipeline(
             config,
@@ -164,6 +168,7 @@ def run_job(
         )
         batches: BatchReport | None = None
         processes: WorkerProcesses | None = None
+        position: InputPosition | None = None
         view = RunView(job_id, already_done=len(done), requests=throttle.counts)
         if config.mode == "batch":
             parts = _batch_parts(config, paths, ledger, pipeline, control, done, stack)
@@ -180,8 +185,10 @@ def run_job(
                 requests=throttle.counts,
             )
             stack.callback(processes.close)
-            run = _Processing(config, pipeline, control, on_outcome, on_start, view, processes)
-            tally, stats, error = _process(run, done)
+            run = _Processing(
+                config, pipeline, control, on_outcome, on_start, view, processes, input_start
+            )
+            tally, stats, error, position = _process(run, done)
         result = RunResult(
             stats, job_id, error, control.interrupted, requests=throttle.counts, batches=batches
         )
@@ -192,8 +199,11 @@ def run_job(
             mark.since(writer) if processes is None else processes.appended(mark.since(writer))
         )
         # Quiet now (no worker, thread or process, can append), so the checkpoint is exact.
-        _reconcile(paths, ledger, manifest, writer, appended)
-        return _ended(last_run, replace(result, job_totals=_job_totals(ledger, job_id)))
+        manifest = _reconcile(paths, ledger, manifest, writer, appended)
+        totals = _job_totals(ledger, job_id)
+        if config.mode == "online":
+            _save_input_mark(paths, config.input_path, manifest, ledger, (position, totals))
+        return _ended(last_run, replace(result, job_totals=totals))
 
 
 def _command(config: Config) -> str:
@@ -257,7 +267,8 @@ def _batch(
 
     def online(skip: Collection[str]) -> tuple[Tally, ProcessingStats, ArtistBioGenError | None]:
         view = RunView(parts.job_id)  # not shown: the batch run reports its own progress
-        return _process(_Processing(config, pipeline, control, on_outcome, None, view), skip)
+        processed = _process(_Processing(config, pipeline, control, on_outcome, None, view), skip)
+        return processed.tally, processed.stats, processed.error
 
     return run_batch(parts, online, on_start)
 
@@ -324,11 +335,60 @@ class _Mark:
         return writer.appended_lines - self.lines, writer.appended_bytes - self.size
 
 
-def _done_ids(paths: JobPaths, manifest: Manifest, ledger: Ledger) -> UuidSet:
+def _done_ids(paths: JobPaths, manifest: Manifest, ledger: Ledger) -> tuple[UuidSet, int]:
+    """The done ids, and how many of them the ledger gave."""
     done = ledger.done_ids(manifest)
+    ledger_rows = len(done)
     if manifest.legacy_prefix:
         done.update(scan_jsonl(paths.output, 0, manifest.legacy_prefix).ids)
-    return done
+    return done, ledger_rows
+
+
+def _mark_check(config: Config, manifest: Manifest, ledger: Ledger) -> MarkCheck | None:
+    """Starts checking the manifest's input mark (online jobs with a database only)."""
+    mark = manifest.input_mark
+    if mark is None or config.mode != "online" or not isinstance(ledger, DatabaseLedger):
+        return None
+    return MarkCheck(config.input_path, mark)
+
+
+def _input_start(
+    check: MarkCheck | None, ledger: Ledger, job_id: str, ledger_rows: int
+) -> InputPosition | None:
+    """Where the reader starts: the input mark when it holds, else the top (None)."""
+    if check is None or not isinstance(ledger, DatabaseLedger):
+        return None
+    # The rows up to the mark's sequence number: all rows, less those committed since.
+    later, _ = ledger.store.rows_after(job_id, check.mark.ledger_seq)
+    start = check.position(ledger_rows - later)
+    if start is not None:
+        logger.info(
+            "resuming from the input mark: the first %s lines (%s artists done) are not read again",
+            f"{start.lines:,}",
+            f"{start.done:,}",
+        )
+    return start
+
+
+def _save_input_mark(
+    paths: JobPaths,
+    input_path: Path,
+    manifest: Manifest,
+    ledger: Ledger,
+    end: tuple[InputPosition | None, JobTotals | None],
+) -> None:
+    """Record where the next resume may start reading the input (see ``core/inputmark``).
+
+    ``totals`` counts the job's rows, all committed before the checkpoint's sequence number
+    (the run is quiet and reconciled); without them (the database did not answer) the old
+    mark stays, which still holds.
+    """
+    position, totals = end
+    if position is None or totals is None or not isinstance(ledger, DatabaseLedger):
+        return
+    mark = make_mark(input_path, position, manifest.checkpoint.ledger_seq, totals.bios)
+    if mark is not None and mark != manifest.input_mark:
+        write_manifest(paths, replace(manifest, input_mark=mark))
 
 
 @dataclass
@@ -389,20 +449,31 @@ class _Processing:
     view: RunView
     #: Starts worker processes for the artists to do, when the run needs them.
     processes: WorkerProcesses | None = None
+    #: Where to start reading the input (None: at the top).
+    start: InputPosition | None = None
 
 
-def _process(
-    run: _Processing, done: Collection[str]
-) -> tuple[Tally, ProcessingStats, ArtistBioGenError | None]:
-    """Process what is left; returns the tally, the stats and the error the run ended with."""
+class _Processed(NamedTuple):
+    """How the processing of a run ended."""
+
+    tally: Tally
+    stats: ProcessingStats
+    error: ArtistBioGenError | None
+    #: Where the next resume may start reading the input.
+    position: InputPosition
+
+
+def _process(run: _Processing, done: Collection[str]) -> _Processed:
+    """Process what is left; returns the tally, the stats, the error the run ended with and
+    where the next resume may start reading."""
     config, pipeline, control, view = run.config, run.pipeline, run.control, run.view
     cap = config.max_attempts if not config.retry_failed else 10**9
     give_up = _GiveUpFilter(pipeline.previous_attempts, cap, view)
     limit = _ArtistLimit(config.budget.limit)
-    counted = count_input_lines(config.input_path)
+    counted = _count_lines(config.input_path, run.start)
     lines = None if counted is None else counted.lines
     view.already_done = len(done)
-    view.to_do = None if counted is None else _to_do(config, counted, done)
+    view.to_do = None if counted is None else _to_do(config, counted, done, run.start)
     view.limit = config.budget.limit
     if done or config.resume:
         to_go = "an unknown number" if view.to_do is None else f"about {view.to_do:,}"
@@ -411,19 +482,21 @@ def _process(
     if run.on_start is not None:
         run.on_start(view)
     pool = None if run.processes is None else run.processes(view.to_do)
-    with ArtistReader(config.input_path, skip_ids=done) as reader:
+    with ArtistReader(config.input_path, skip_ids=done, start=run.start) as reader:
+        tracker = InputTracker(reader, run.start or InputPosition())
         tally = process_artists_concurrent(
-            limit(give_up(reader)),
+            limit(give_up(tracker.track(reader))),
             pipeline,
             control,
             max_workers=config.max_workers,
-            on_outcome=run.on_outcome,
+            on_outcome=_also(tracker.settled, run.on_outcome),
             shutdown_grace=config.shutdown_grace,
             tally=view.tally,
             executor=pool,
         )
         stats = _stats(reader, tally, view.elapsed, give_up.given_up)
         stats = stats._replace(remaining=_remaining(reader, stats, lines, len(done)))
+        position = tracker.position()
     if give_up.given_up:
         logger.warning(
             "%d artists failed %d times already and were skipped (--retry-failed retries them)",
@@ -431,17 +504,44 @@ def _process(
             config.max_attempts,
         )
     if control.error is not None:
-        return tally, stats, control.error
+        return _Processed(tally, stats, control.error, position)
     stopped = limit.error(control)
     if stopped is not None:
         logger.warning("%s", stopped)
-    return tally, stats, stopped
+    return _Processed(tally, stats, stopped, position)
 
 
-def _to_do(config: Config, counted: LineCount, done: Collection[str]) -> int:
+def _also(
+    settled: Callable[[Outcome], None], on_outcome: OutcomeCallback | None
+) -> OutcomeCallback:
+    """An outcome callback that tells ``settled`` first, then ``on_outcome``."""
+
+    def both(outcome: Outcome, tally: Tally) -> None:
+        settled(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome, tally)
+
+    return both
+
+
+def _count_lines(path: Path, start: InputPosition | None) -> LineCount | None:
+    """The input's lines (counted from ``start`` on; those before it are known)."""
+    if start is None:
+        return count_input_lines(path)
+    counted = count_input_lines(path, start.offset)
+    if counted is None:
+        return None
+    return LineCount(start.lines + counted.lines, start.skipped_lines + counted.skipped)
+
+
+def _to_do(
+    config: Config, counted: LineCount, done: Collection[str], start: InputPosition | None
+) -> int:
     """The artists left to do, estimated from the input's lines less its header, blank and
     comment lines (bad and duplicate lines count as artists until the input is read)."""
-    skipped = counted.skipped + has_header(config.input_path)
+    # A start's skipped lines include the header already.
+    header = has_header(config.input_path) if start is None else 0
+    skipped = counted.skipped + header
     return max(0, counted.lines - skipped - len(done))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -232,6 +233,15 @@ class CpuResult:
     count: int
     tool: LoopFigures
     bare: LoopFigures
+    #: Each round's CPU per artist, tool over bare (the two runs of a round are next to
+    #: each other, so the machine's state is about the same for both).
+    ratios: tuple[float, ...] = ()
+
+    @property
+    def cpu_ratio(self) -> float:
+        """The median of the rounds' ratios: one run caught in a slow (or fast) moment of
+        the machine moves it less than it moves a ratio of the sums."""
+        return statistics.median(self.ratios)
 
 
 def run_bare_loop(bench: Bench, server: FakeServer, workers: int, count: int) -> _Sample:
@@ -297,8 +307,8 @@ def cpu_at_zero_latency(
 ) -> CpuResult:
     """The tool and the bare loop with the same workers and artists on the same server.
 
-    With several rounds the order alternates (bare, tool, tool, bare, ...) so a slow drift of
-    the machine's state weighs on both sides alike.
+    Each round runs both, one after the other; the order alternates (bare, tool, tool, bare,
+    ...) so a slow drift of the machine's state weighs on both sides alike.
     """
     bare: list[_Sample] = []
     tool: list[_Sample] = []
@@ -308,7 +318,11 @@ def cpu_at_zero_latency(
         else:
             run = run_job(bench, server, 0.0, workers, count, seed=7 + index)
             tool.append(_sample(run.measured, run.commits, count))
-    return CpuResult(workers, count, _combine(tool), _combine(bare))
+    ratios = tuple(
+        _combine([t]).cpu_per_artist / _combine([b]).cpu_per_artist
+        for t, b in zip(tool, bare, strict=True)
+    )
+    return CpuResult(workers, count, _combine(tool), _combine(bare), ratios)
 
 
 # -- target 3: memory does not grow with the input -----------------------------------------------

@@ -34,7 +34,10 @@ from pathlib import Path
 import pytest
 
 from artist_bio_gen import exit_codes
+from artist_bio_gen.core.inputmark import prefix_sha256
 from artist_bio_gen.core.processor import pool_threads
+from artist_bio_gen.core.reader import ArtistReader
+from artist_bio_gen.jobfiles import InputMark, JobPaths, read_manifest
 from artist_bio_gen.models import ArtistData
 
 from .support.checks import assert_legacy_record, assert_mirror, read_jsonl
@@ -333,6 +336,86 @@ def test_random_sigkills_then_resume_lose_nothing_and_pay_little(
     assert_verify_consistent(out, database)
     extra = fake_openai.total_requests - ARTISTS
     print(f"seed {seed}: {extra} extra requests (bound {kills} x {threads})")
+    assert 0 <= extra <= kills * threads, f"seed {seed}: {extra} extra requests for {kills} kills"
+
+
+# -- 1b. clean stops (which leave an input mark) between the kills ------------------------------
+
+MARK_CYCLES = 5
+MARK_USED = "resuming from the input mark"
+
+
+def assert_mark_holds(out: Path, csv_path: Path, db: TestDatabase) -> InputMark | None:
+    """Every artist of the input before the manifest's mark has a ledger row, the mark's
+    hash and counts describe those bytes: a resume may start reading there."""
+    manifest = read_manifest(JobPaths(out))
+    mark = None if manifest is None else manifest.input_mark
+    if mark is None:
+        return None
+    prefix = csv_path.with_name("prefix.csv")
+    prefix.write_bytes(csv_path.read_bytes()[: mark.offset])
+    assert prefix_sha256(prefix, mark.offset) == mark.sha256
+    before = [artist.artist_id for artist in ArtistReader(prefix)]
+    missing = set(before) - set(ledger_ids(db))
+    assert not missing, f"the mark is ahead of the ledger: {sorted(missing)[:5]}"
+    assert len(before) == mark.done
+    assert prefix.read_bytes().count(b"\n") == mark.lines
+    return mark
+
+
+def stop_once(args: list[str], env: dict[str, str], out: Path, lines: int) -> tuple[int, str]:
+    """Start a run and SIGTERM it once the JSONL has ``lines`` lines; (exit code, stderr)."""
+    child = Child.start(args, env)
+    wait_for(lambda: count_lines(out) >= lines, child, PROGRESS_TIMEOUT)
+    if child.alive():
+        child.proc.send_signal(signal.SIGTERM)
+    return child.finish()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_stops_and_kills_alternate_and_every_input_mark_holds(
+    tmp_path: Path, database: TestDatabase, fake_openai: FakeOpenAI, processes: str
+) -> None:
+    """Runs stopped by SIGTERM (each leaves an input mark) alternate with runs SIGKILLed at
+    random moments, every one a resume of the same job, with one worker process and with
+    two: after every run the manifest's mark is behind the ledger (every artist before it
+    committed), the runs after the first stop start from a mark, each kill leaves a valid
+    crash state, and the last resume leaves every artist committed once, an exact mirror
+    and at most one paid request per pool thread and kill."""
+    seed = crash_seed()
+    print(f"crash test seed: {seed} (replay with ABG_CRASH_SEED={seed})")
+    rng = random.Random(seed)
+    total = 1500
+    artists = make_artists(total, seed=rng.randrange(2**32))
+    database.seed(artists)
+    csv_path = write_csv(tmp_path / "artists.csv", artists)
+    out = tmp_path / "out.jsonl"
+    fake_openai.latency = LATENCY
+    args = job_args(csv_path, out, WORKERS, "--processes", processes)
+    env, threads = db_env(database), pool_threads(WORKERS)
+    step = total // (3 * MARK_CYCLES)
+    kills = from_mark = 0
+    for _ in range(MARK_CYCLES):
+        code, stderr = stop_once(args, env, out, count_lines(out) + rng.randint(step // 2, step))
+        assert code in (exit_codes.EXIT_INTERRUPTED, exit_codes.EXIT_SUCCESS), stderr
+        from_mark += MARK_USED in stderr
+        assert assert_mark_holds(out, csv_path, database) is not None
+        target = count_lines(out) + rng.randint(step // 2, step)
+        plan = KillPlan("mid", lambda t=target: count_lines(out) >= t, rng.uniform(0, JITTER))
+        if kill_once(plan, args, env):
+            kills += 1
+            assert_crash_state(out, database, threads)
+        assert_mark_holds(out, csv_path, database)
+    assert from_mark == MARK_CYCLES - 1, "every stop after the first began at a mark"
+    print(f"seed {seed}: {kills} kills, {count_lines(out)} of {total} lines before the end")
+
+    result = run_to_completion(args, env)
+    assert MARK_USED in result.stderr
+    assert_job_complete(out, database, artists)
+    mark = assert_mark_holds(out, csv_path, database)
+    assert mark is not None and mark.done == total
+    extra = fake_openai.total_requests - total
     assert 0 <= extra <= kills * threads, f"seed {seed}: {extra} extra requests for {kills} kills"
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import random
+import tracemalloc
 import uuid
 from pathlib import Path
 
@@ -157,10 +158,65 @@ def test_the_tracker_stops_before_the_first_artist_not_committed(tmp_path: Path)
     assert position.lines == 3 and position.done == 2  # header, 1st, 2nd
     rest = list(ArtistReader(path, start=position))
     assert rest[0] == artists[2]
-    tracker.settled(_outcome(artists[2], "committed"))
-    assert tracker.position().done == 4  # now the skipped 5th holds it
-    tracker.settled(_outcome(artists[4], "committed"))
+
+
+def test_the_tracker_waits_for_the_artists_in_flight(tmp_path: Path) -> None:
+    artists = make_artists(5, seed=10)
+    path = write_csv(tmp_path / "in.csv", artists)
+    reader = ArtistReader(path)
+    tracker = InputTracker(reader, InputPosition())
+    assert list(tracker.track(reader)) == artists
+    for index in (4, 0, 2):
+        tracker.settled(_outcome(artists[index], "committed"))
+    assert tracker.position().done == 1  # the 2nd is still in flight
+    tracker.settled(_outcome(artists[1], "committed"))
+    assert tracker.position().done == 3
+    tracker.settled(_outcome(artists[3], "committed"))
     assert tracker.position() == reader.position()  # all committed: the end of the file
+
+
+class _CountingReader:
+    """Stands in for the reader where only its positions matter: one more byte per call."""
+
+    path = ""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def position(self) -> InputPosition:
+        self.calls += 1
+        return InputPosition(self.calls, self.calls, self.calls)
+
+
+def test_the_tracker_holds_only_the_artists_in_flight() -> None:
+    """A run that skips or fails most of its input must not keep a position per artist:
+    the tracker keeps the earliest uncommitted one and the artists not settled yet."""
+    reader = _CountingReader()
+    tracker = InputTracker(reader, InputPosition())  # type: ignore[arg-type]
+    artists = (ArtistData(str(uuid.UUID(int=i)), f"A{i}", None) for i in range(1, 50_001))
+    tracemalloc.start()
+    for index, artist in enumerate(tracker.track(artists)):
+        if index % 3 == 2:
+            tracker.dropped(artist)  # given up
+        else:
+            tracker.settled(_outcome(artist, "skipped" if index % 3 else "committed"))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 200_000, f"{peak:,} bytes for 50,000 artists"
+    assert tracker.position().offset == 1  # before the second artist, the first skipped
+
+
+def test_a_dropped_artist_holds_the_mark(tmp_path: Path) -> None:
+    artists = make_artists(4, seed=9)
+    path = write_csv(tmp_path / "in.csv", artists)
+    reader = ArtistReader(path)
+    tracker = InputTracker(reader, InputPosition())
+    for index, artist in enumerate(tracker.track(reader)):
+        if index == 1:
+            tracker.dropped(artist)
+        else:
+            tracker.settled(_outcome(artist, "committed"))
+    assert list(ArtistReader(path, start=tracker.position())) == artists[1:]
 
 
 def test_the_tracker_keeps_a_last_line_without_a_line_break_out_of_the_mark(

@@ -109,20 +109,25 @@ class MarkCheck:
 
 @dataclass
 class InputTracker:
-    """Follows the artists read from the input until they are committed, to tell where the
-    next resume may start: before the first artist read and not committed, or where the
-    reader is when every artist it gave is committed.
+    """Follows the artists read from the input until they settle, to tell where the next
+    resume may start: before the first artist read and not committed, or where the reader
+    is when every artist it gave is committed.
 
-    Wraps the reader's artists (``track``) and is told every outcome (``settled``); both
-    are called from the feeder thread only, so nothing here is locked.
+    Wraps the reader's artists (``track``) and is told every outcome (``settled``) and every
+    artist a filter drops without an outcome (``dropped``); all are called from the feeder
+    thread only, so nothing here is locked. It holds only the artists in flight (the
+    window's) and the earliest position an artist left uncommitted, so its memory does not
+    grow with the run, however many artists fail or are skipped.
     """
 
     reader: ArtistReader
     #: Where the reader started (the position before its first record).
     start: InputPosition
-    #: Each artist read and not committed yet, with the position before its record, in
+    #: Each artist read and not settled yet, with the position before its record, in
     #: reading order.
     _pending: dict[str, InputPosition] = field(default_factory=dict)
+    #: The earliest position before an artist that settled without being committed.
+    _held: InputPosition | None = None
     #: The position before the last artist read.
     _before_last: InputPosition | None = None
 
@@ -135,14 +140,28 @@ class InputTracker:
             yield artist
 
     def settled(self, outcome: Outcome) -> None:
-        """An outcome: a committed artist no longer holds the mark back."""
-        if outcome.status == "committed":
-            self._pending.pop(outcome.artist_id, None)
+        """An outcome: a committed artist no longer holds the mark back; any other holds it
+        before itself for good (this run will not commit it)."""
+        before = self._pending.pop(outcome.artist_id, None)
+        if before is not None and outcome.status != "committed":
+            self._hold(before)
+
+    def dropped(self, artist: ArtistData) -> None:
+        """An artist a filter dropped (given up): it holds the mark before itself."""
+        before = self._pending.pop(artist.artist_id, None)
+        if before is not None:
+            self._hold(before)
+
+    def _hold(self, position: InputPosition) -> None:
+        if self._held is None or position.offset < self._held.offset:
+            self._held = position
 
     def position(self) -> InputPosition:
         """The position the next resume may start from (the reader must be quiet)."""
-        if self._pending:
-            return next(iter(self._pending.values()))
+        # The first pending artist is the earliest one: the dict keeps the reading order.
+        held = [p for p in (self._held, next(iter(self._pending.values()), None)) if p]
+        if held:
+            return min(held, key=lambda position: position.offset)
         here = self.reader.position()
         if here.offset > self.start.offset and not _after_line_break(self.reader.path, here):
             # The last line has no line break yet: text appended to the file would extend

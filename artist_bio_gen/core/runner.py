@@ -400,12 +400,16 @@ class _GiveUpFilter:
     max_attempts: int
     view: RunView
     given_up: int = 0
+    #: Told of each artist dropped (it is not done: the input mark stays before it).
+    on_drop: Callable[[ArtistData], None] | None = None
 
     def __call__(self, artists: Iterable[ArtistData]) -> Iterator[ArtistData]:
         for artist in artists:
             if self.attempts.get(artist.artist_id, 0) >= self.max_attempts:
                 self.given_up += 1
                 self.view.given_up = self.given_up
+                if self.on_drop is not None:
+                    self.on_drop(artist)
                 continue
             yield artist
 
@@ -484,6 +488,7 @@ def _process(run: _Processing, done: Collection[str]) -> _Processed:
     pool = None if run.processes is None else run.processes(view.to_do)
     with ArtistReader(config.input_path, skip_ids=done, start=run.start) as reader:
         tracker = InputTracker(reader, run.start or InputPosition())
+        give_up.on_drop = tracker.dropped
         tally = process_artists_concurrent(
             limit(give_up(tracker.track(reader))),
             pipeline,

@@ -20,7 +20,7 @@ the tool) is refused instead of being misread.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -200,8 +200,23 @@ class Manifest:
             checkpoint=Checkpoint(**data.get("checkpoint") or {}),
             legacy_prefix=int(data.get("legacy_prefix", 0)),
             instructions=data.get("instructions"),
-            input_mark=InputMark(**data["input_mark"]) if data.get("input_mark") else None,
+            input_mark=_input_mark(data.get("input_mark")),
         )
+
+
+def _input_mark(data: object) -> InputMark | None:
+    """The manifest's input mark; None when there is none or it cannot be read (the mark
+    only saves reading: without it a resume reads the input from the top)."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        mark = InputMark(**{f.name: data[f.name] for f in fields(InputMark)})
+    except (KeyError, TypeError):
+        return None
+    numbers = (mark.offset, mark.lines, mark.done, mark.bad_lines, mark.skipped_lines)
+    if not all(isinstance(n, int) and n >= 0 for n in numbers) or not isinstance(mark.sha256, str):
+        return None
+    return mark
 
 
 def read_manifest(paths: JobPaths) -> Manifest | None:

@@ -136,6 +136,49 @@ def test_prefix_sha256_hashes_exactly_the_first_bytes(tmp_path: Path) -> None:
     assert prefix_sha256(tmp_path / "missing", 1) is None
 
 
+def test_a_mark_that_cannot_be_read_is_ignored_not_fatal(tmp_path: Path) -> None:
+    """The mark only saves reading: a damaged one (or one with fields a newer version
+    added) must not make the job's manifest unreadable."""
+    paths = JobPaths(tmp_path / "out.jsonl")
+    good = {
+        "offset": 10,
+        "lines": 2,
+        "done": 1,
+        "bad_lines": 0,
+        "skipped_lines": 1,
+        "sha256": "ab" * 32,
+        "ledger_seq": 7,
+        "ledger_rows": 1,
+    }
+    base = {
+        "format": 1,
+        "job_id": str(uuid.uuid4()),
+        "input": "in.csv",
+        "created_at": "2026-12-03T00:00:00Z",
+        "settings": {
+            "prompt_id": "p",
+            "prompt_version": None,
+            "model": None,
+            "instructions_sha256": None,
+            "database": None,
+            "table": None,
+            "skip_existing": False,
+        },
+    }
+    cases = {
+        "newer": ({**good, "added_later": 1}, InputMark(**good)),
+        "missing": ({k: v for k, v in good.items() if k != "sha256"}, None),
+        "negative": ({**good, "offset": -1}, None),
+        "not a number": ({**good, "lines": "2"}, None),
+        "not an object": ([1, 2], None),
+    }
+    for name, (mark, expected) in cases.items():
+        paths.manifest.write_text(json.dumps({**base, "input_mark": mark}), encoding="utf-8")
+        manifest = read_manifest(paths)
+        assert manifest is not None, name
+        assert manifest.input_mark == expected, name
+
+
 # -- the tracker ----------------------------------------------------------------------------------
 
 

@@ -209,14 +209,13 @@ def _input_mark(data: object) -> InputMark | None:
     only saves reading: without it a resume reads the input from the top)."""
     if not isinstance(data, dict):
         return None
-    try:
-        mark = InputMark(**{f.name: data[f.name] for f in fields(InputMark)})
-    except (KeyError, TypeError):
+    values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(InputMark)}
+    counts = [value for name, value in values.items() if name != "sha256"]
+    if not isinstance(values["sha256"], str):
         return None
-    numbers = (mark.offset, mark.lines, mark.done, mark.bad_lines, mark.skipped_lines)
-    if not all(isinstance(n, int) and n >= 0 for n in numbers) or not isinstance(mark.sha256, str):
+    if not all(type(value) is int and value >= 0 for value in counts):
         return None
-    return mark
+    return InputMark(**values)
 
 
 def read_manifest(paths: JobPaths) -> Manifest | None:

@@ -241,6 +241,32 @@ def crash_seed() -> int:
 
 
 @dataclass(frozen=True)
+class CrashJob:
+    """A seeded job for a crash test: its random source, artists, input and output."""
+
+    seed: int
+    rng: random.Random
+    artists: list[ArtistData]
+    csv_path: Path
+    out: Path
+
+
+def crash_job(
+    tmp_path: Path, db: TestDatabase, fake: FakeOpenAI, total: int, latency: float
+) -> CrashJob:
+    """``total`` artists in ``db`` and a CSV, the fake answering after ``latency``; the
+    seed (``crash_seed``) is printed so that a failure can be replayed."""
+    seed = crash_seed()
+    print(f"crash test seed: {seed} (replay with ABG_CRASH_SEED={seed})")
+    rng = random.Random(seed)
+    artists = make_artists(total, seed=rng.randrange(2**32))
+    db.seed(artists)
+    csv_path = write_csv(tmp_path / "artists.csv", artists)
+    fake.latency = latency
+    return CrashJob(seed, rng, artists, csv_path, tmp_path / "out.jsonl")
+
+
+@dataclass(frozen=True)
 class KillPlan:
     """When to kill one run: ``delay`` seconds after ``trigger`` returned True."""
 
@@ -308,14 +334,8 @@ def test_random_sigkills_then_resume_lose_nothing_and_pay_little(
     requests in flight and the answers waiting for their commit; queued artists of the
     2 x workers window have not called the API yet), so extra requests <= kills x threads.
     """
-    seed = crash_seed()
-    print(f"crash test seed: {seed} (replay with ABG_CRASH_SEED={seed})")
-    rng = random.Random(seed)
-    artists = make_artists(ARTISTS, seed=rng.randrange(2**32))
-    database.seed(artists)
-    csv_path = write_csv(tmp_path / "artists.csv", artists)
-    out = tmp_path / "out.jsonl"
-    fake_openai.latency = LATENCY
+    job = crash_job(tmp_path, database, fake_openai, ARTISTS, LATENCY)
+    seed, rng, artists, csv_path, out = job.seed, job.rng, job.artists, job.csv_path, job.out
     args, env = job_args(csv_path, out, WORKERS), db_env(database)
     threads = pool_threads(WORKERS)
 
@@ -383,15 +403,9 @@ def test_stops_and_kills_alternate_and_every_input_mark_holds(
     committed), the runs after the first stop start from a mark, each kill leaves a valid
     crash state, and the last resume leaves every artist committed once, an exact mirror
     and at most one paid request per pool thread and kill."""
-    seed = crash_seed()
-    print(f"crash test seed: {seed} (replay with ABG_CRASH_SEED={seed})")
-    rng = random.Random(seed)
     total = 1500
-    artists = make_artists(total, seed=rng.randrange(2**32))
-    database.seed(artists)
-    csv_path = write_csv(tmp_path / "artists.csv", artists)
-    out = tmp_path / "out.jsonl"
-    fake_openai.latency = LATENCY
+    job = crash_job(tmp_path, database, fake_openai, total, LATENCY)
+    seed, rng, artists, csv_path, out = job.seed, job.rng, job.artists, job.csv_path, job.out
     args = job_args(csv_path, out, WORKERS, "--processes", processes)
     env, threads = db_env(database), pool_threads(WORKERS)
     step = total // (3 * MARK_CYCLES)

@@ -415,17 +415,11 @@ def test_random_kills_of_any_process_then_resume_lose_nothing_and_pay_little(
     one worker process (the run stops, exit 5); after each, the crash state holds (committed
     only, at most ``WORKERS`` lines missing); the last resume leaves an exact mirror with
     every artist committed once, and at most ``WORKERS`` requests paid again per kill."""
-    seed = crash.crash_seed()
-    print(f"crash test seed: {seed} (replay with ABG_CRASH_SEED={seed})")
-    rng = random.Random(seed)
     # Large enough that every kill lands before the job ends, on a fast machine too (a
     # start-up kill may come after a second of work at several hundred artists/s).
     total = 2400
-    artists = make_artists(total, seed=rng.randrange(2**32))
-    database.seed(artists)
-    csv_path = write_csv(tmp_path / "artists.csv", artists)
-    out = tmp_path / "out.jsonl"
-    fake_openai.latency = 0.02
+    job = crash.crash_job(tmp_path, database, fake_openai, total, 0.02)
+    seed, rng, artists, csv_path, out = job.seed, job.rng, job.artists, job.csv_path, job.out
     args = crash.job_args(csv_path, out, WORKERS, "--processes", "2")
     env = crash.db_env(database)
     kills, attempts, kinds = 0, 0, []

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from artist_bio_gen import exit_codes
-from artist_bio_gen.core.inputmark import InputTracker, prefix_sha256
+from artist_bio_gen.core.inputmark import InputTracker, hash_prefix, prefix_sha256
 from artist_bio_gen.core.reader import ArtistReader, InputPosition, count_input_lines
 from artist_bio_gen.jobfiles import InputMark, JobPaths, read_manifest
 from artist_bio_gen.models import ArtistData, Outcome
@@ -134,6 +134,16 @@ def test_prefix_sha256_hashes_exactly_the_first_bytes(tmp_path: Path) -> None:
         assert prefix_sha256(path, size) == hashlib.sha256(data[:size]).hexdigest()
     assert prefix_sha256(path, len(data) + 1) is None  # shorter than the mark
     assert prefix_sha256(tmp_path / "missing", 1) is None
+    # Going on from the hash of a shorter prefix (the run's start) gives the same hash, and
+    # leaves that hash as it was.
+    base = hash_prefix(path, 1 << 20)
+    assert base is not None
+    for size in (1 << 20, 2 << 20, len(data)):
+        hashed = hash_prefix(path, size, base)
+        assert hashed is not None and hashed.size == size
+        assert hashed.state.hexdigest() == hashlib.sha256(data[:size]).hexdigest()
+    assert base.state.hexdigest() == hashlib.sha256(data[: 1 << 20]).hexdigest()
+    assert hash_prefix(path, len(data) + 1, base) is None
 
 
 def test_a_mark_that_cannot_be_read_is_ignored_not_fatal(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from ..jobfiles import InputMark
 from ..models import ArtistData, Outcome
@@ -44,12 +45,27 @@ _BLOCK = 1 << 20  # bytes hashed at a time (hashlib releases the GIL on blocks t
 _LINE_BREAKS = (b"\n", b"\r")
 
 
-def prefix_sha256(path: str | os.PathLike[str], size: int) -> str | None:
-    """The SHA-256 of the first ``size`` bytes of the file (None: it is shorter, or unreadable)."""
-    digest = hashlib.sha256()
+class PrefixHash(NamedTuple):
+    """A SHA-256 over a file's first ``size`` bytes, which can be carried on further."""
+
+    size: int
+    state: Any  # a hashlib sha256 object (its type is private to hashlib)
+
+
+def hash_prefix(
+    path: str | os.PathLike[str], size: int, base: PrefixHash | None = None
+) -> PrefixHash | None:
+    """The hash of the first ``size`` bytes of the file, going on from ``base`` (a hash of
+    a shorter prefix of the same bytes) instead of reading them again; None when the file is
+    shorter, or unreadable."""
+    if base is not None and base.size <= size:
+        digest, done = base.state.copy(), base.size
+    else:
+        digest, done = hashlib.sha256(), 0
     try:
         with open(path, "rb", buffering=0) as handle:
-            left = size
+            handle.seek(done)
+            left = size - done
             while left:
                 block = handle.read(min(_BLOCK, left))
                 if not block:
@@ -58,7 +74,13 @@ def prefix_sha256(path: str | os.PathLike[str], size: int) -> str | None:
                 left -= len(block)
     except OSError:
         return None
-    return digest.hexdigest()
+    return PrefixHash(size, digest)
+
+
+def prefix_sha256(path: str | os.PathLike[str], size: int) -> str | None:
+    """The SHA-256 of the first ``size`` bytes of the file (None: it is shorter, or unreadable)."""
+    hashed = hash_prefix(path, size)
+    return None if hashed is None else hashed.state.hexdigest()
 
 
 def position_of(mark: InputMark) -> InputPosition:
@@ -73,12 +95,15 @@ class MarkCheck:
     def __init__(self, path: str | os.PathLike[str], mark: InputMark) -> None:
         self.mark = mark
         self._path = path
-        self._digest: str | None = None
+        self._hashed: PrefixHash | None = None
+        #: The hash of the bytes before the mark once the mark is found to hold: the end of
+        #: the run goes on from it to hash the bytes before its own mark.
+        self.trusted: PrefixHash | None = None
         self._thread = threading.Thread(target=self._hash, name="input-mark", daemon=True)
         self._thread.start()
 
     def _hash(self) -> None:
-        self._digest = prefix_sha256(self._path, self.mark.offset)
+        self._hashed = hash_prefix(self._path, self.mark.offset)
 
     def position(self, ledger_rows_now: int) -> InputPosition | None:
         """The reader's start if the mark holds, else None (logged with the reason).
@@ -87,8 +112,8 @@ class MarkCheck:
         number now.
         """
         self._thread.join()
-        mark = self.mark
-        if self._digest != mark.sha256:
+        mark, hashed = self.mark, self._hashed
+        if hashed is None or hashed.state.hexdigest() != mark.sha256:
             logger.info(
                 "the input changed before line %s since the last run: reading it from the top",
                 f"{mark.lines + 1:,}",
@@ -104,6 +129,7 @@ class MarkCheck:
                 f"{mark.ledger_rows:,}",
             )
             return None
+        self.trusted = hashed
         return position_of(mark)
 
 
@@ -180,22 +206,27 @@ def _after_line_break(path: str, position: InputPosition) -> bool:
 
 
 def make_mark(
-    path: str | os.PathLike[str], position: InputPosition, ledger_seq: int, ledger_rows: int
+    path: str | os.PathLike[str],
+    position: InputPosition,
+    ledger: tuple[int, int],
+    base: PrefixHash | None = None,
 ) -> InputMark | None:
-    """The mark for ``position`` (None when it covers no artist, or the input cannot be read
-    that far)."""
+    """The mark for ``position`` and the ledger's (last seq, rows), hashing on from ``base``
+    (the run's start, when it began at a mark); None when it covers no artist, or the input
+    cannot be read that far."""
     if not position.done:
         return None
-    digest = prefix_sha256(path, position.offset)
-    if digest is None:
+    hashed = hash_prefix(path, position.offset, base)
+    if hashed is None:
         return None
+    ledger_seq, ledger_rows = ledger
     return InputMark(
         offset=position.offset,
         lines=position.lines,
         done=position.done,
         bad_lines=position.bad_lines,
         skipped_lines=position.skipped_lines,
-        sha256=digest,
+        sha256=hashed.state.hexdigest(),
         ledger_seq=ledger_seq,
         ledger_rows=ledger_rows,
     )

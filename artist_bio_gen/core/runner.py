@@ -50,7 +50,7 @@ from .batch import BatchReport, BatchRun, run_batch
 from .batch_parts import BatchParts
 from .budget import utc_today
 from .failures import batch_failures, count_attempts
-from .inputmark import InputTracker, MarkCheck, make_mark
+from .inputmark import InputTracker, MarkCheck, PrefixHash, make_mark
 from .job import decide_job
 from .jsonl import JsonlWriter
 from .lastrun import LastRunRecorder, run_exit_code
@@ -201,8 +201,9 @@ def run_job(
         # Quiet now (no worker, thread or process, can append), so the checkpoint is exact.
         manifest = _reconcile(paths, ledger, manifest, writer, appended)
         totals = _job_totals(ledger, job_id)
-        if config.mode == "online":
-            _save_input_mark(paths, config.input_path, manifest, ledger, (position, totals))
+        if config.mode == "online" and position is not None and totals is not None:
+            base = None if check is None else check.trusted
+            _save_input_mark(paths, config.input_path, manifest, ledger, position, totals, base)
         return _ended(last_run, replace(result, job_totals=totals))
 
 
@@ -375,18 +376,21 @@ def _save_input_mark(
     input_path: Path,
     manifest: Manifest,
     ledger: Ledger,
-    end: tuple[InputPosition | None, JobTotals | None],
+    position: InputPosition,
+    totals: JobTotals,
+    base: PrefixHash | None,
 ) -> None:
     """Record where the next resume may start reading the input (see ``core/inputmark``).
 
     ``totals`` counts the job's rows, all committed before the checkpoint's sequence number
-    (the run is quiet and reconciled); without them (the database did not answer) the old
-    mark stays, which still holds.
+    (the run is quiet and reconciled); without them (the database did not answer) the caller
+    keeps the old mark, which still holds. ``base`` is the hash the run's start checked
+    (the bytes before the old mark are not read again).
     """
-    position, totals = end
-    if position is None or totals is None or not isinstance(ledger, DatabaseLedger):
+    if not isinstance(ledger, DatabaseLedger):
         return
-    mark = make_mark(input_path, position, manifest.checkpoint.ledger_seq, totals.bios)
+    ledger_end = (manifest.checkpoint.ledger_seq, totals.bios)
+    mark = make_mark(input_path, position, ledger_end, base)
     if mark is not None and mark != manifest.input_mark:
         write_manifest(paths, replace(manifest, input_mark=mark))
 
@@ -472,7 +476,6 @@ def _process(run: _Processing, done: Collection[str]) -> _Processed:
     where the next resume may start reading."""
     config, pipeline, control, view = run.config, run.pipeline, run.control, run.view
     cap = config.max_attempts if not config.retry_failed else 10**9
-    give_up = _GiveUpFilter(pipeline.previous_attempts, cap, view)
     limit = _ArtistLimit(config.budget.limit)
     counted = _count_lines(config.input_path, run.start)
     lines = None if counted is None else counted.lines
@@ -488,7 +491,7 @@ def _process(run: _Processing, done: Collection[str]) -> _Processed:
     pool = None if run.processes is None else run.processes(view.to_do)
     with ArtistReader(config.input_path, skip_ids=done, start=run.start) as reader:
         tracker = InputTracker(reader, run.start or InputPosition())
-        give_up.on_drop = tracker.dropped
+        give_up = _GiveUpFilter(pipeline.previous_attempts, cap, view, on_drop=tracker.dropped)
         tally = process_artists_concurrent(
             limit(give_up(tracker.track(reader))),
             pipeline,
